@@ -1,0 +1,22 @@
+"""Trainer settings shared by every family's config."""
+import ml_collections
+
+
+def trainer_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 128            # Global, over all devices and processes.
+  c.eval_batch_size = 256
+  c.accum_steps = 1             # Gradient accumulation: micro-batches per optimizer step.
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.optim = ml_collections.ConfigDict(dict(
+      name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,
+      weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
+      clip_norm=1.0, model_dim=None))
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  c.pretrained = ml_collections.ConfigDict(dict(path='', reset_head=True))
+  return c

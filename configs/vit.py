@@ -1,0 +1,61 @@
+"""Vision Transformer classification.
+
+Default (no argument): ViT on scikit-learn's 1,797 real 8x8 digits, shipped inside the package.
+  python main.py --config=configs/vit.py --workdir=/tmp/vit_digits
+  Expected: see README.md (test accuracy and wall time measured on a 2-core CPU).
+
+Arguments (comma-separated) change the default:
+  tiny          a few steps of a 2-layer model (tests, smoke runs).
+  finetune      fine-tune at 16x16 from an exported .npz (set --config.pretrained.path).
+  VARIANT,NAME  a published variant on a prepared TFDS dataset, e.g. 'B/16,cifar10' with
+                --config.data.data_dir=~/tensorflow_datasets (224x224, random-resized crops).
+Any value can be overridden: --config.total_steps=200 --config.model.dropout_rate=0.1
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from configs import common
+
+TFDS_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'oxford_iiit_pet': 37,
+                'mnist': 10, 'fashion_mnist': 10}
+
+
+def get_config(arg=''):
+  args = [a for a in arg.split(',') if a]
+  c = common.trainer_config()
+  c.task = 'classification'
+  c.label_smoothing = 0.0
+  c.model = ml_collections.ConfigDict(dict(
+      variant=placeholder(str), num_classes=10, patch_size=2, hidden_size=128, num_layers=4, num_heads=4,
+      mlp_dim=256, dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.1,
+      classifier='token', representation_size=placeholder(int), activation='gelu'))
+  c.data = ml_collections.ConfigDict(dict(
+      name='digits', tfds_name='', data_dir='', train_split='train', eval_split='test',
+      image_size=8, channels=1, augment='random_shift', flip=False, num_threads=2))
+  c.total_steps = 1500
+  c.batch_size = 128
+  c.eval_every = 500
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 0.05
+
+  if 'tiny' in args:
+    c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, droppath_rate=0.0)
+    c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
+    c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
+    c.optim.warmup_steps = 5
+  if 'finetune' in args:
+    c.data.image_size = 16
+    c.total_steps, c.eval_every, c.checkpoint_every = 300, 100, 100
+    c.optim.update(name='sgd', learning_rate=0.01, warmup_steps=30, weight_decay=0.0)
+  for a in args:
+    if '/' in a:
+      # The variant decides the sizes; any size set here or on the command line wins.
+      c.model.update(variant=a, patch_size=None, hidden_size=None, num_layers=None,
+                     num_heads=None, mlp_dim=None, droppath_rate=0.0)
+      c.data.update(image_size=224, channels=3, augment='inception_crop', flip=True)
+      c.total_steps, c.batch_size, c.eval_every = 10_000, 512, 1000
+      c.optim.update(learning_rate=3e-3, warmup_steps=1000, weight_decay=0.1)
+    elif a in TFDS_CLASSES:
+      c.data.update(name='tfds', tfds_name=a)
+      c.model.num_classes = TFDS_CLASSES[a]
+  return c

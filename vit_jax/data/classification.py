@@ -1,0 +1,188 @@
+"""Image-classification sources and preprocessing.
+
+Sources are random-access (`len`, `[i]` → {'image': uint8 [H, W, C], 'label': int}):
+- 'digits': scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the package
+  (no download). Fixed split: stratified 80/20 with seed 0 → 1,437 train / 360 test.
+- 'tfds': any classification dataset already prepared in `data_dir` (array_record format),
+  read with `tfds.data_source` (no TensorFlow needed).
+- 'folder': `data_dir/<split>/<class_name>/*.{jpg,jpeg,png}`.
+"""
+import dataclasses
+import pathlib
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+
+
+class Digits:
+  """scikit-learn's `load_digits`, pixel values 0..16 scaled to uint8 0..255."""
+  num_classes = 10
+
+  def __init__(self, split):
+    from sklearn import datasets, model_selection
+    digits = datasets.load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]
+    parts = model_selection.train_test_split(images, digits.target, test_size=0.2,
+                                             random_state=0, stratify=digits.target)
+    if split not in ('train', 'test'):
+      raise ValueError(f"Unknown split {split!r} for 'digits'; expected 'train' or 'test'.")
+    self.images, self.labels = (parts[0], parts[2]) if split == 'train' else (parts[1], parts[3])
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {'image': self.images[i], 'label': int(self.labels[i])}
+
+
+class Tfds:
+  """A prepared TFDS dataset read with `tfds.data_source` (random access, no TensorFlow)."""
+
+  def __init__(self, name, split, data_dir, image_key='image', label_key='label'):
+    import tensorflow_datasets as tfds
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types for a missing dataset.
+      raise ValueError(f'TFDS dataset {name!r} not found in data_dir={data_dir!r}: {e}') from e
+    if not builder.is_prepared():
+      raise ValueError(f'TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}; '
+                       'prepare it there first (this code never downloads).')
+    if split not in builder.info.splits:
+      raise ValueError(f'Split {split!r} not found for TFDS dataset {name!r}; available: '
+                       f'{sorted(builder.info.splits)}.')
+    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.num_classes = builder.info.features[label_key].num_classes
+    self.image_key, self.label_key = image_key, label_key
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    example = self.source[i]
+    return {'image': example[self.image_key], 'label': int(example[self.label_key])}
+
+
+class ImageFolder:
+  """`root/<split>/<class_name>/<image>`; classes are the sorted sub-folder names."""
+
+  def __init__(self, root, split):
+    split_dir = pathlib.Path(root) / split
+    if not split_dir.is_dir():
+      raise ValueError(f'Image folder split {str(split_dir)!r} does not exist; expected '
+                       f'{root}/{split}/<class_name>/*.jpg.')
+    self.classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    self.files = [(f, label) for label, c in enumerate(self.classes)
+                  for f in sorted((split_dir / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not self.files:
+      raise ValueError(f'No images found under {str(split_dir)!r} (looked for '
+                       f'<class_name>/*{{{",".join(IMAGE_SUFFIXES)}}}).')
+    self.num_classes = len(self.classes)
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    path, label = self.files[i]
+    with Image.open(path) as image:
+      return {'image': np.asarray(image.convert('RGB')), 'label': label}
+
+
+def make_source(name, split, data_dir=None, **kwargs):
+  if name == 'digits':
+    return Digits(split)
+  if name == 'tfds':
+    return Tfds(kwargs['tfds_name'], split, data_dir)
+  if name == 'folder':
+    return ImageFolder(data_dir, split)
+  raise ValueError(f"Unknown data.name {name!r}; expected 'digits', 'tfds' or 'folder'.")
+
+
+# Preprocessing: uint8 [H, W, C] → float32 [size, size, C] in [-1, 1].
+
+def _resize(image, height, width):
+  if image.shape[:2] == (height, width):
+    return image
+  squeeze = image.shape[-1] == 1
+  pil = Image.fromarray(image[..., 0] if squeeze else image)
+  out = np.asarray(pil.resize((width, height), Image.BILINEAR))
+  return out[..., None] if squeeze else out
+
+
+def _normalize(image):
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def inception_crop(image, size, rng, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """Random resized crop (Szegedy et al. 2015), the ViT/ImageNet training crop."""
+  h, w = image.shape[:2]
+  for _ in range(10):
+    target = rng.uniform(*area) * h * w
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+    if 0 < cw <= w and 0 < ch <= h:
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      return _resize(image[top:top + ch, left:left + cw], size, size)
+  return _resize(image, size, size)
+
+
+def random_shift(image, size, rng, max_shift=1):
+  """Resize, then translate by up to `max_shift` pixels (zero fill): for tiny digit images."""
+  image = _resize(image, size, size)
+  padded = np.pad(image, ((max_shift,) * 2, (max_shift,) * 2, (0, 0)))
+  dy, dx = rng.integers(0, 2 * max_shift + 1, 2)
+  return padded[dy:dy + size, dx:dx + size]
+
+
+def center_crop(image, size, crop_fraction=0.875):
+  """Resize the shorter side to size / crop_fraction, then take the central size x size."""
+  h, w = image.shape[:2]
+  scale = size / crop_fraction / min(h, w)
+  rh, rw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+  image = _resize(image, rh, rw)
+  top, left = (rh - size) // 2, (rw - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """Training (random) and eval (deterministic) preprocessing for one image size."""
+  image_size: int
+  augment: str = 'inception_crop'  # or 'random_shift', 'none'
+  flip: bool = True
+  channels: int = 3
+
+  def _channels(self, image):
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.shape[-1] == self.channels:
+      return image
+    if image.shape[-1] == 1:
+      return np.repeat(image, self.channels, axis=-1)
+    raise ValueError(f'Image has {image.shape[-1]} channels; the model expects '
+                     f'{self.channels} (data.channels).')
+
+  def train(self, example, rng):
+    image = self._channels(example['image'])
+    if self.augment == 'inception_crop':
+      image = inception_crop(image, self.image_size, rng)
+    elif self.augment == 'random_shift':
+      image = random_shift(image, self.image_size, rng)
+    elif self.augment == 'none':
+      image = _resize(image, self.image_size, self.image_size)
+    else:
+      raise ValueError(f"Unknown data.augment {self.augment!r}; expected 'inception_crop', "
+                       "'random_shift' or 'none'.")
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    return {'image': _normalize(image), 'label': np.int32(example['label'])}
+
+  def eval(self, example):
+    image = self._channels(example['image'])
+    if self.augment == 'inception_crop':
+      image = center_crop(image, self.image_size)
+    else:
+      image = _resize(image, self.image_size, self.image_size)
+    return {'image': _normalize(image), 'label': np.int32(example['label'])}

@@ -1,0 +1,60 @@
+"""Family-agnostic input pipeline on grain: random-access source → fixed-shape dict batches.
+
+Batch `s` of training is a pure function of (seed, s): resuming at step s reproduces the run
+exactly, with no iterator state in the checkpoint. Each process reads only its own rows of
+every global batch, so N processes see the same global batches as one process would.
+"""
+import math
+
+import grain
+import jax
+import numpy as np
+
+
+def _host_rows(ds, local_batch):
+  """Global batches of local_batch * processes; keep this process's rows of each."""
+  return ds.batch(local_batch)[jax.process_index()::jax.process_count()]
+
+
+def _iterate(ds, num_threads):
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+  return iter(ds.to_iter_dataset(options))
+
+
+def train_batches(source, preprocess, local_batch, *, seed, start_step=0, num_threads=2):
+  """Endless iterator of this process's training batches, from step `start_step` on.
+
+  `preprocess(example, rng)` gets a numpy Generator seeded by (seed, example position), so
+  augmentation is deterministic too. Epochs are reshuffled.
+  """
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  ds = ds.random_map(preprocess, seed=seed + 1)
+  return _iterate(_host_rows(ds, local_batch)[start_step:], num_threads)
+
+
+class _Padded:
+  """Source padded to a multiple of the global batch with copies of the last example; the
+  'mask' entry is 0 on the copies so metrics count every real example exactly once."""
+
+  def __init__(self, source, preprocess, global_batch):
+    self.source, self.preprocess = source, preprocess
+    self.length = math.ceil(len(source) / global_batch) * global_batch
+
+  def __len__(self):
+    return self.length
+
+  def __getitem__(self, index):
+    example = self.preprocess(self.source[min(index, len(self.source) - 1)])
+    return dict(example, mask=np.float32(index < len(self.source)))
+
+
+def eval_batches(source, preprocess, local_batch, *, num_threads=2):
+  """This process's eval batches over the whole split, last one padded and masked."""
+  if len(source) == 0:
+    raise ValueError('The evaluation split is empty.')
+  padded = _Padded(source, preprocess, local_batch * jax.process_count())
+  return _iterate(_host_rows(grain.MapDataset.source(padded), local_batch), num_threads)
+
+
+def num_eval_batches(source, global_batch):
+  return math.ceil(len(source) / global_batch)

@@ -1,0 +1,232 @@
+"""Encoder and decoder blocks and stacks shared by the three families.
+
+`norm_first=True` is pre-LayerNorm (ViT), `False` post-LayerNorm (the original Transformer,
+DETR). Positions given as `pos`/`query_pos` are added to queries and keys only (DETR §3.2);
+the Transformer and ViT add theirs to the input instead and pass None.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.layers import attention
+from vit_jax.layers import posemb
+
+ACTIVATIONS = {
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'relu': jax.nn.relu,
+}
+
+
+def with_pos(x, pos):
+  return x if pos is None else x + pos
+
+
+class MlpBlock(nn.Module):
+  """Dense → activation → dropout → Dense → dropout, as 2-D matmuls."""
+  mlp_dim: int
+  activation: str = 'gelu'
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'Unknown activation {self.activation!r}; expected one of '
+                       f'{sorted(ACTIVATIONS)}.')
+    shape, dim = x.shape, x.shape[-1]
+    dense = lambda features, name: nn.Dense(
+        features, dtype=self.dtype, name=name, kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6),
+        dot_general=lambda *a, **k: jax.lax.dot_general(
+            *a, **k, preferred_element_type=jnp.float32).astype(self.dtype))
+    y = dense(self.mlp_dim, 'Dense_0')(x.reshape(-1, dim))
+    y = ACTIVATIONS[self.activation](y)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic)
+    y = dense(dim, 'Dense_1')(y)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic)
+    return y.reshape(shape)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops a whole residual branch per example."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.rate,
+                                (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0)
+
+
+class EncoderBlock(nn.Module):
+  """Self-attention + MLP, each in a residual branch. Names match published ViT checkpoints."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  norm_first: bool = True
+  activation: str = 'gelu'
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, pos=None, deterministic=True):
+    """x [B, L, D], mask [B, 1, L, L] or [B, 1, 1, L], pos [B, L, D] → (x, attention weights)."""
+    norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+    attn = attention.MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                                        dtype=self.dtype, name='MultiHeadDotProductAttention_1')
+    drop = lambda y: DropPath(self.droppath_rate)(
+        nn.Dropout(self.dropout_rate)(y, deterministic), deterministic)
+    mlp = MlpBlock(self.mlp_dim, self.activation, self.dropout_rate, self.dtype, name='MlpBlock_3')
+
+    if self.norm_first:
+      y = norm('LayerNorm_0')(x)
+      qk = with_pos(y, pos)
+      y, weights = attn(qk, qk, y, mask=mask, deterministic=deterministic)
+      x = x + drop(y)
+      x = x + DropPath(self.droppath_rate)(mlp(norm('LayerNorm_2')(x), deterministic),
+                                           deterministic)
+    else:
+      qk = with_pos(x, pos)
+      y, weights = attn(qk, qk, x, mask=mask, deterministic=deterministic)
+      x = norm('LayerNorm_0')(x + drop(y))
+      x = norm('LayerNorm_2')(x + DropPath(self.droppath_rate)(mlp(x, deterministic),
+                                                               deterministic))
+    return x, weights
+
+
+class DecoderBlock(nn.Module):
+  """Self-attention (causal/padding mask), cross-attention to the encoder memory, MLP."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  norm_first: bool = False
+  activation: str = 'relu'
+  layer_norm_eps: float = 1e-5
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, memory, *, self_mask=None, cross_mask=None, query_pos=None,
+               memory_pos=None, deterministic=True):
+    """x [B, Lq, D], memory [B, Lk, D] → (x, {'self': weights, 'cross': weights})."""
+    norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+    mha = lambda name, decode: attention.MultiHeadAttention(
+        self.num_heads, dropout_rate=self.attention_dropout_rate, decode=decode,
+        dtype=self.dtype, name=name)
+    drop = lambda y: DropPath(self.droppath_rate)(
+        nn.Dropout(self.dropout_rate)(y, deterministic), deterministic)
+    mlp = MlpBlock(self.mlp_dim, self.activation, self.dropout_rate, self.dtype, name='MlpBlock')
+    self_attn = mha('SelfAttention', self.decode)
+    cross_attn = mha('CrossAttention', False)
+    memory_k = with_pos(memory, memory_pos)
+
+    def self_branch(y):
+      qk = with_pos(y, query_pos)
+      return self_attn(qk, qk, y, mask=self_mask, deterministic=deterministic)
+
+    def cross_branch(y):
+      return cross_attn(with_pos(y, query_pos), memory_k, memory, mask=cross_mask,
+                        deterministic=deterministic)
+
+    if self.norm_first:
+      y, self_weights = self_branch(norm('LayerNorm_0')(x))
+      x = x + drop(y)
+      y, cross_weights = cross_branch(norm('LayerNorm_1')(x))
+      x = x + drop(y)
+      x = x + DropPath(self.droppath_rate)(mlp(norm('LayerNorm_2')(x), deterministic),
+                                           deterministic)
+    else:
+      y, self_weights = self_branch(x)
+      x = norm('LayerNorm_0')(x + drop(y))
+      y, cross_weights = cross_branch(x)
+      x = norm('LayerNorm_1')(x + drop(y))
+      x = norm('LayerNorm_2')(x + DropPath(self.droppath_rate)(mlp(x, deterministic),
+                                                               deterministic))
+    return x, {'self': self_weights, 'cross': cross_weights}
+
+
+class Encoder(nn.Module):
+  """A stack of encoder blocks, optionally preceded by a learned position embedding (ViT).
+
+  Returns (x, aux): aux['layers'] holds every block's output, aux['attention'] every block's
+  attention weights (unused entries cost nothing under jit).
+  """
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  norm_first: bool = True
+  final_norm: bool = True
+  learned_posemb: bool = False
+  activation: str = 'gelu'
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, pos=None, deterministic=True):
+    if self.learned_posemb:
+      x = posemb.AddPositionEmbs(name='posembed_input')(x)
+      x = nn.Dropout(self.dropout_rate)(x, deterministic)
+    layers, weights = [], []
+    for i in range(self.num_layers):
+      # Stochastic depth grows linearly with depth (Huang et al. 2016).
+      rate = self.droppath_rate * i / max(self.num_layers - 1, 1)
+      x, w = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                          self.attention_dropout_rate, rate, self.norm_first, self.activation,
+                          self.layer_norm_eps, self.dtype, name=f'encoderblock_{i}')(
+                              x, mask=mask, pos=pos, deterministic=deterministic)
+      layers.append(x)
+      weights.append(w)
+    if self.final_norm:
+      x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name='encoder_norm')(x)
+    return x, {'layers': layers, 'attention': weights}
+
+
+class Decoder(nn.Module):
+  """A stack of decoder blocks. aux['layers'] holds every block's output (after the final
+  norm when `norm_every_output`, as DETR's auxiliary losses need)."""
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  norm_first: bool = False
+  final_norm: bool = False
+  norm_every_output: bool = False
+  activation: str = 'relu'
+  layer_norm_eps: float = 1e-5
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, memory, *, self_mask=None, cross_mask=None, query_pos=None,
+               memory_pos=None, deterministic=True):
+    norm = None
+    if self.final_norm:
+      norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name='decoder_norm')
+    layers, weights = [], []
+    for i in range(self.num_layers):
+      rate = self.droppath_rate * i / max(self.num_layers - 1, 1)
+      x, w = DecoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                          self.attention_dropout_rate, rate, self.norm_first, self.activation,
+                          self.layer_norm_eps, self.decode, self.dtype, name=f'decoderblock_{i}')(
+                              x, memory, self_mask=self_mask, cross_mask=cross_mask,
+                              query_pos=query_pos, memory_pos=memory_pos,
+                              deterministic=deterministic)
+      layers.append(norm(x) if (norm and self.norm_every_output) else x)
+      weights.append(w)
+    if norm is not None:
+      x = norm(x)
+    return x, {'layers': layers, 'attention': weights}

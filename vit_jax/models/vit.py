@@ -1,0 +1,107 @@
+"""Vision Transformer ("An Image is Worth 16x16 Words", Dosovitskiy et al. 2021).
+
+Parameter names and shapes match the published google-research/vision_transformer `.npz`
+checkpoints, so those load as they are (see `vit_jax.pretrained`).
+"""
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vit_jax.layers import attention
+from vit_jax.layers import transformer
+
+# Table 1 of the paper (+ Ti/S from DeiT), and tiny widths for tests and CPU runs.
+WIDTHS = {
+    'mu': dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2),
+    'Ti': dict(hidden_size=192, num_layers=12, mlp_dim=768, num_heads=3),
+    'S': dict(hidden_size=384, num_layers=12, mlp_dim=1536, num_heads=6),
+    'B': dict(hidden_size=768, num_layers=12, mlp_dim=3072, num_heads=12),
+    'L': dict(hidden_size=1024, num_layers=24, mlp_dim=4096, num_heads=16),
+    'H': dict(hidden_size=1280, num_layers=32, mlp_dim=5120, num_heads=16),
+}
+
+
+def decode_variant(variant):
+  """'B/16' → dict(hidden_size=768, ..., patch_size=16)."""
+  width, _, patch = variant.partition('/')
+  if width not in WIDTHS or not patch.isdigit():
+    raise ValueError(f'Unknown ViT variant {variant!r}; expected WIDTH/PATCH with WIDTH one of '
+                     f'{list(WIDTHS)} and PATCH an integer, e.g. "B/16".')
+  return dict(WIDTHS[width], patch_size=int(patch))
+
+
+class VisionTransformer(nn.Module):
+  """Patch embedding → [class token] → learned positions → pre-LN encoder → head."""
+  num_classes: int
+  patch_size: Union[int, Sequence[int]] = 16
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  classifier: str = 'token'
+  representation_size: Optional[int] = None
+  activation: str = 'gelu'
+  head_bias_init: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train=False):
+    """images [B, H, W, C] → (logits [B, num_classes], aux).
+
+    aux: 'pre_logits' [B, D or R], 'tokens' [B, N(+1), D] (encoder output), 'attention'
+    (each layer's weights [B, heads, N(+1), N(+1)]), 'layers', 'grid' (patch rows, cols).
+    """
+    if self.classifier not in ('token', 'gap'):
+      raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
+    ph, pw = (self.patch_size,) * 2 if isinstance(self.patch_size, int) else self.patch_size
+    b, h, w, c = images.shape
+    if h % ph or w % pw:
+      raise ValueError(f'Image size {h}x{w} is not divisible by the patch size {ph}x{pw}.')
+    gh, gw = h // ph, w // pw
+
+    # Patch embedding (§3.1): the conv of the published model, computed as one 2-D matmul of
+    # flattened patches with the conv kernel [ph, pw, C, D] reshaped to [ph*pw*C, D].
+    x = PatchEmbedding(self.hidden_size, (ph, pw), self.dtype, name='embedding')(images)
+    x = x.reshape(b, gh * gw, self.hidden_size)  # [B, N, D]
+
+    if self.classifier == 'token':
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, self.hidden_size))
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.hidden_size)).astype(x.dtype), x],
+                          axis=1)  # [B, N+1, D]
+
+    x, aux = transformer.Encoder(
+        self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
+        self.attention_dropout_rate, self.droppath_rate, norm_first=True, final_norm=True,
+        learned_posemb=True, activation=self.activation, dtype=self.dtype,
+        name='Transformer')(x, deterministic=not train)
+    aux = dict(aux, tokens=x, grid=(gh, gw))
+
+    x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)  # [B, D]
+    if self.representation_size is not None:
+      x = jnp.tanh(nn.Dense(self.representation_size, name='pre_logits')(x))
+    aux['pre_logits'] = x
+    logits = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros,
+                      bias_init=nn.initializers.constant(self.head_bias_init))(x)
+    return logits.astype(jnp.float32), aux
+
+
+class PatchEmbedding(nn.Module):
+  """Non-overlapping patches → D features; params 'kernel' [ph, pw, C, D], 'bias' [D]."""
+  features: int
+  patch: Sequence[int]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    ph, pw = self.patch
+    b, h, w, c = images.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (ph, pw, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    patches = images.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(-1, ph * pw * c)  # [B*N, ph*pw*C]
+    x = attention.matmul(patches, kernel.reshape(-1, self.features), self.dtype)
+    return (x + bias.astype(self.dtype)).reshape(b, h // ph, w // pw, self.features)

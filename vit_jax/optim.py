@@ -1,0 +1,49 @@
+"""Optax optimizers and learning-rate schedules, built from flat config values."""
+import jax
+import optax
+
+
+def make_schedule(total_steps, learning_rate, schedule='cosine', warmup_steps=0,
+                  end_lr_factor=0.0, model_dim=None):
+  """Linear warmup, then 'cosine', 'linear' or 'constant' decay, or the Transformer's
+  'rsqrt' (lr ∝ d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), paper §5.3)."""
+  if schedule == 'rsqrt':
+    scale = learning_rate * (model_dim ** -0.5 if model_dim else 1.0)
+    warm = max(warmup_steps, 1)
+    return lambda step: scale * jax.numpy.minimum((step + 1) ** -0.5, (step + 1) * warm ** -1.5)
+  decay_steps = max(total_steps - warmup_steps, 1)
+  decays = {
+      'cosine': lambda: optax.cosine_decay_schedule(learning_rate, decay_steps, end_lr_factor),
+      'linear': lambda: optax.linear_schedule(learning_rate, learning_rate * end_lr_factor,
+                                              decay_steps),
+      'constant': lambda: optax.constant_schedule(learning_rate),
+  }
+  if schedule not in decays:
+    raise ValueError(f'Unknown schedule {schedule!r}; expected one of {sorted(decays) + ["rsqrt"]}.')
+  if not warmup_steps:
+    return decays[schedule]()
+  warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, decays[schedule]()], [warmup_steps])
+
+
+def decay_mask(params):
+  """Weight decay on matrices only (kernels, embeddings), not on biases and norm scales."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='cosine',
+                   warmup_steps=0, end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
+                   eps=1e-8, momentum=0.9, nesterov=False, clip_norm=None, model_dim=None):
+  """Returns (optax transformation, learning-rate schedule)."""
+  lr = make_schedule(total_steps, learning_rate, schedule, warmup_steps, end_lr_factor,
+                     model_dim)
+  if name == 'adamw':
+    opt = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+  elif name == 'sgd':
+    opt = optax.chain(optax.add_decayed_weights(weight_decay, decay_mask) if weight_decay
+                      else optax.identity(), optax.sgd(lr, momentum=momentum, nesterov=nesterov))
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; expected 'adamw' or 'sgd'.")
+  if clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+  return opt, lr

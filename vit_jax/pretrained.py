@@ -1,0 +1,74 @@
+"""Checkpoint export and fine-tuning in the published ViT `.npz` layout.
+
+Keys are '/'-joined parameter paths ('Transformer/encoderblock_0/LayerNorm_0/scale'), exactly
+as in google-research/vision_transformer, so their files load here and ours load there.
+"""
+import math
+import os
+
+import flax
+import numpy as np
+import scipy.ndimage
+
+POSEMB = 'Transformer/posembed_input/pos_embedding'
+
+
+def save_npz(params, path):
+  """Writes params to `path` (atomically: a crash never leaves half a file)."""
+  flat = {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
+  tmp = f'{path}.tmp.npz'
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+  return path
+
+
+def load_npz(path):
+  """Reads a flat {'a/b/c': array} dict; a clear error for a missing or damaged file."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    raise FileNotFoundError(f'Checkpoint {path!r} does not exist.') from None
+  except Exception as e:
+    raise ValueError(f'Checkpoint {path!r} is not a readable .npz file: {e}') from e
+
+
+def resize_posemb(posemb, grid, num_prefix_tokens):
+  """[1, T + N, D] → [1, T + gh*gw, D]: bilinear resize of the (square) source grid (§3.2)."""
+  prefix, tokens = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+  side = math.isqrt(len(tokens))
+  if side * side != len(tokens):
+    raise ValueError(f'Cannot resize a position embedding of {len(tokens)} patch tokens: it is '
+                     'not a square grid.')
+  gh, gw = grid
+  tokens = tokens.reshape(side, side, -1)
+  tokens = scipy.ndimage.zoom(tokens, (gh / side, gw / side, 1), order=1)
+  return np.concatenate([prefix, tokens.reshape(1, gh * gw, -1)], axis=1)
+
+
+def load_vit(init_params, restored, grid, reset_head=True):
+  """Fits `restored` (flat npz dict) to a model whose fresh params are `init_params`.
+
+  The position-embedding grid is resized to `grid` (patch rows, cols); the head is kept
+  from `init_params` when `reset_head` (new classes); `pre_logits` is dropped when the model
+  has no representation layer. Anything else that does not fit is an error naming it.
+  """
+  init = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(init_params).items()}
+  restored = {k: v for k, v in restored.items()
+              if not (k.startswith('pre_logits/') and k not in init)}
+  if reset_head:
+    restored = {k: v for k, v in restored.items() if not k.startswith('head/')}
+  missing = sorted(k for k in init if k not in restored and not (reset_head and
+                                                                  k.startswith('head/')))
+  unexpected = sorted(k for k in restored if k not in init)
+  if POSEMB in restored and POSEMB in init and restored[POSEMB].shape != init[POSEMB].shape:
+    prefix = init[POSEMB].shape[1] - grid[0] * grid[1]
+    restored[POSEMB] = resize_posemb(restored[POSEMB], grid, prefix)
+  misshaped = sorted(f'{k}: checkpoint {restored[k].shape} vs model {init[k].shape}'
+                     for k in restored if k in init and restored[k].shape != init[k].shape)
+  if missing or unexpected or misshaped:
+    raise ValueError('Checkpoint does not fit the model.\n'
+                     f'  missing: {missing}\n  unexpected: {unexpected}\n'
+                     f'  mis-shaped: {misshaped}')
+  merged = {k: np.asarray(restored.get(k, v), dtype=v.dtype) for k, v in init.items()}
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})

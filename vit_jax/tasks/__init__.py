@@ -1,0 +1,9 @@
+"""Tasks: what the one trainer needs from a model family (data, init, loss, eval metrics)."""
+
+
+def get_task(name):
+  from vit_jax.tasks import classification
+  tasks = {'classification': classification.ClassificationTask}
+  if name not in tasks:
+    raise ValueError(f'Unknown task {name!r}; expected one of {sorted(tasks)}.')
+  return tasks[name]

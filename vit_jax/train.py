@@ -1,0 +1,203 @@
+"""The one trainer: `train_and_evaluate(config, workdir)` for every family.
+
+Mesh + data → task.init under jax.eval_shape → sharded init → one jitted step calling
+task.loss_fn (gradient accumulation by scan) → eval over the full split → orbax checkpoints.
+The trainer knows no model: a family plugs in through its task (vit_jax/tasks/).
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from vit_jax import checkpoint as checkpoint_lib
+from vit_jax import metrics as metrics_lib
+from vit_jax import optim
+from vit_jax import plots
+from vit_jax import sharding
+from vit_jax import tasks
+from vit_jax.data import pipeline
+
+
+def make_train_step(task, tx, accum_steps):
+  """state, batch, rng → state, metrics. The batch is split into `accum_steps` micro-batches
+  whose gradients are averaged before one optimizer update."""
+
+  def grads_of(params, batch, rng):
+    (_, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, rng)
+    return grads, metrics
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state['step'])
+    params = state['params']
+    if accum_steps == 1:
+      grads, metrics = grads_of(params, batch, rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
+
+      def body(carry, inputs):
+        i, mb = inputs
+        g, m = grads_of(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (g, m)), None
+
+      zeros = jax.eval_shape(grads_of, params, jax.tree.map(lambda x: x[0], micro), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+      grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    params = jax.tree.map(jnp.add, params, updates)
+    metrics['grad_norm'] = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
+    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+
+  return step
+
+
+class Trainer:
+  """Holds the mesh, the task, the jitted functions and the state's shardings."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh(config.mesh.fsdp)
+    self.task = tasks.get_task(config.task)(config)
+    self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
+    self.local_eval_batch = sharding.check_batch_size(config.eval_batch_size, self.mesh,
+                                                      'eval_batch_size')
+    if config.batch_size % (config.accum_steps * self.mesh.devices.size):
+      raise ValueError(f'batch_size={config.batch_size} must be divisible by accum_steps '
+                       f'({config.accum_steps}) x devices ({self.mesh.devices.size}).')
+    self.tx, self.schedule = optim.make_optimizer(config.total_steps, **config.optim)
+    self.rng = jax.random.key(config.seed)
+
+    def init(rng):
+      params = self.task.init(rng, self.task.dummy_batch(2))
+      return {'step': jnp.zeros((), jnp.int32), 'params': params,
+              'opt_state': self.tx.init(params)}
+
+    self._init = init
+    self.abstract_state = jax.eval_shape(init, self.rng)
+    replicated = sharding.replicated(self.mesh)
+    self.state_shardings = jax.tree.map(lambda _: replicated, self.abstract_state)
+    batch_sh = sharding.batch_sharding(self.mesh)
+    self.train_step = jax.jit(make_train_step(self.task, self.tx, config.accum_steps),
+                              in_shardings=(self.state_shardings, batch_sh, replicated),
+                              out_shardings=(self.state_shardings, replicated),
+                              donate_argnums=0)
+    self.eval_step = jax.jit(self.task.eval_sums,
+                             in_shardings=(self.state_shardings['params'], batch_sh),
+                             out_shardings=replicated)
+
+  def initial_state(self):
+    """Fresh parameters (or fine-tuning ones from config.pretrained.path), placed sharded."""
+    state = jax.jit(self._init, out_shardings=self.state_shardings)(self.rng)
+    path = self.config.pretrained.path
+    if path:
+      params = self.task.load_pretrained(jax.device_get(state['params']), path)
+      params = jax.device_put(params, self.state_shardings['params'])
+      state = dict(state, params=params,
+                   opt_state=jax.jit(self.tx.init,
+                                     out_shardings=self.state_shardings['opt_state'])(params))
+    return state
+
+  def evaluate(self, params, source, preprocess):
+    """Metrics over every example of the eval split."""
+    sums = None
+    batches = pipeline.eval_batches(source, preprocess, self.local_eval_batch,
+                                    num_threads=self.config.data.num_threads)
+    for local in batches:
+      out = self.eval_step(params, sharding.global_batch(local, self.mesh))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    return {k: float(v) for k, v in self.task.summarize(jax.device_get(sums)).items()}
+
+
+def train_and_evaluate(config, workdir):
+  """Trains config.total_steps steps (resuming from workdir), evaluates, checkpoints.
+
+  Returns (final state, last eval metrics).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, workdir)
+  train_source, eval_source, preprocess = trainer.task.datasets()
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every,
+                                            config.keep_checkpoints)
+  writer = metrics_lib.MetricWriter(workdir)
+  main_process = jax.process_index() == 0
+  if main_process:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  start = checkpoints.latest_step()
+  if start is None:
+    state, start = trainer.initial_state(), 0
+  else:
+    if main_process:
+      print(f'Resuming from step {start} in {checkpoints.directory}')
+    state = checkpoints.restore(start, checkpoint_lib.abstract_with_shardings(
+        trainer.abstract_state, trainer.state_shardings))
+
+  batches = pipeline.train_batches(train_source, preprocess.train, trainer.local_batch,
+                                   seed=config.seed, start_step=start,
+                                   num_threads=config.data.num_threads)
+  eval_metrics = {}
+  progress = tqdm.tqdm(total=config.total_steps, initial=start, disable=not main_process,
+                       desc='train', unit='step', dynamic_ncols=True)
+  window, window_start = [], time.perf_counter()
+  for step in range(start + 1, config.total_steps + 1):
+    batch = sharding.global_batch(next(batches), trainer.mesh)
+    state, metrics = trainer.train_step(state, batch, trainer.rng)
+    window.append(metrics)
+    progress.update(1)
+
+    if step % config.log_every == 0 or step == config.total_steps:
+      window = jax.device_get(window)
+      elapsed = time.perf_counter() - window_start
+      scalars = {f'train/{k}': np.mean([m[k] for m in window]) for k in window[0]}
+      scalars['train/learning_rate'] = trainer.schedule(step - 1)
+      scalars['train/examples_per_sec'] = len(window) * config.batch_size / elapsed
+      writer.write(step, scalars)
+      progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                           ex_s=f"{scalars['train/examples_per_sec']:.0f}")
+      window, window_start = [], time.perf_counter()
+
+    if step % config.eval_every == 0 or step == config.total_steps:
+      eval_metrics = trainer.evaluate(state['params'], eval_source, preprocess.eval)
+      writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
+      progress.write(f'step {step}: ' + ', '.join(
+          f'eval {k} {v:.4f}' if k != 'count' else f'{int(v)} examples'
+          for k, v in eval_metrics.items()))
+      window_start = time.perf_counter()  # Eval time is not training throughput.
+
+    checkpoints.save(step, state, force=step == config.total_steps)
+  progress.close()
+  checkpoints.wait()
+  checkpoints.close()
+  writer.close()
+  if main_process and os.path.exists(writer.path):
+    png = plots.training_curves(writer.path, os.path.join(workdir, 'training_curves.png'))
+    print(f'Checkpoints: {checkpoints.directory}\nMetrics: {writer.path} and '
+          f'{os.path.join(workdir, "tensorboard")}\nTraining curves: {png}')
+    if eval_metrics:
+      print('Final eval: ' + json.dumps(eval_metrics))
+  return state, eval_metrics
+
+
+def export(config, workdir, path=None):
+  """Writes the newest checkpoint's parameters to `path` (default workdir/params.npz) in the
+  published ViT .npz layout, for fine-tuning (config.pretrained.path) or other codebases."""
+  from vit_jax import pretrained
+  trainer = Trainer(config, workdir)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every,
+                                            config.keep_checkpoints)
+  step = checkpoints.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint to export in {checkpoints.directory}.')
+  state = checkpoints.restore(step, checkpoint_lib.abstract_with_shardings(
+      trainer.abstract_state, trainer.state_shardings))
+  checkpoints.close()
+  path = path or os.path.join(workdir, 'params.npz')
+  if jax.process_index() == 0:
+    pretrained.save_npz(jax.device_get(state['params']), path)
+    print(f'Exported step {step} parameters to {path}')
+  return path
