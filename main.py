@@ -21,6 +21,7 @@ flags.DEFINE_string('export_path', None, 'Where --mode=export writes (default '
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config
@@ -31,5 +32,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.FLAGS.set_default('verbosity', logging.WARNING)  # orbax logs every save at INFO.
   app.run(main)

@@ -1,0 +1,108 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.layers import attention
+from vit_jax.layers import masks
+
+
+def numpy_attention(q, k, v, mask):
+  """The textbook formula, in float64 numpy: softmax(q kᵀ / √d) v per head."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(mask, logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w = w / w.sum(-1, keepdims=True)
+  return np.einsum('bhqk,bkhd->bqhd', w, v), w
+
+
+def test_dot_product_attention_equals_numpy():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=s).astype(np.float32) for s in [(2, 5, 3, 4), (2, 7, 3, 4),
+                                                               (2, 7, 3, 4)])
+  valid = np.array([[1] * 7, [1] * 4 + [0] * 3], bool)
+  mask = masks.key_padding_mask(valid)
+  out, weights = attention.dot_product_attention(q, k, v, mask)
+  ref_out, ref_w = numpy_attention(q, k, v, np.asarray(mask))
+  np.testing.assert_allclose(out, ref_out, atol=1e-5)
+  np.testing.assert_allclose(weights, ref_w, atol=1e-6)
+  assert np.all(np.asarray(weights)[1, :, :, 4:] == 0)
+
+
+def test_fully_masked_query_attends_to_nothing():
+  q = k = v = jnp.ones((1, 2, 1, 4))
+  mask = jnp.array([[[[True, True], [False, False]]]])
+  out, weights = attention.dot_product_attention(q, k, v, mask)
+  assert np.all(np.asarray(weights)[0, 0, 1] == 0) and np.all(np.asarray(out)[0, 1] == 0)
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+def _mha(**kw):
+  module = attention.MultiHeadAttention(num_heads=2, **kw)
+  x = jnp.ones((1, 3, 8))
+  return module, module.init(jax.random.key(0), x)
+
+
+def test_masked_key_changes_nothing():
+  module, params = _mha()
+  rng = np.random.default_rng(1)
+  q = rng.normal(size=(2, 4, 8)).astype(np.float32)
+  kv = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]], bool)
+  changed = kv.copy()
+  changed[0, 4:] = 100.0
+  changed[1, 5] = -50.0
+  mask = masks.key_padding_mask(valid)
+  out1, _ = module.apply(params, q, kv, kv, mask=mask)
+  out2, _ = module.apply(params, q, changed, changed, mask=mask)
+  np.testing.assert_allclose(out1, out2, atol=1e-6)
+  out3, _ = module.apply(params, q, changed, changed)  # Without the mask it does change.
+  assert np.abs(np.asarray(out3) - np.asarray(out1)).max() > 1e-2
+
+
+def test_causal_mask_keeps_earlier_outputs_independent_of_later_inputs():
+  module, params = _mha()
+  x = np.random.default_rng(2).normal(size=(1, 6, 8)).astype(np.float32)
+  later = x.copy()
+  later[:, 3:] += 5.0
+  out1, _ = module.apply(params, x, mask=masks.causal_mask(6))
+  out2, _ = module.apply(params, later, mask=masks.causal_mask(6))
+  np.testing.assert_allclose(np.asarray(out1)[:, :3], np.asarray(out2)[:, :3], atol=1e-6)
+  assert np.abs(np.asarray(out1)[:, 3:] - np.asarray(out2)[:, 3:]).max() > 1e-2
+
+
+def test_fused_projection_equals_separate_inputs():
+  """q = k = v as one array (one fused matmul) equals three equal copies (three matmuls)."""
+  module, params = _mha()
+  x = np.random.default_rng(3).normal(size=(2, 5, 8)).astype(np.float32)
+  fused, _ = module.apply(params, x)
+  separate, _ = module.apply(params, x.copy(), x.copy(), x.copy())
+  np.testing.assert_allclose(fused, separate, atol=1e-6)
+
+
+def test_decode_cache_equals_full_causal_pass():
+  x = np.random.default_rng(4).normal(size=(2, 5, 8)).astype(np.float32)
+  full_module, params = _mha()
+  full, _ = full_module.apply(params, x, mask=masks.causal_mask(5))
+  decoder = attention.MultiHeadAttention(num_heads=2, decode=True)
+  cache = decoder.init(jax.random.key(0), x)['cache']  # Sized by the full-length call.
+  steps = []
+  for t in range(5):
+    (out, _), updated = decoder.apply({'params': params['params'], 'cache': cache},
+                                      x[:, t:t + 1], mutable=['cache'])
+    cache = updated['cache']
+    steps.append(out)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_segment_mask_blocks_other_segments_and_padding():
+  seg = jnp.array([[1, 1, 2, 0]])
+  m = np.asarray(masks.segment_mask(seg, seg))[0, 0]
+  np.testing.assert_array_equal(m, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+
+
+def test_heads_must_divide_features():
+  module = attention.MultiHeadAttention(num_heads=3)
+  with pytest.raises(ValueError, match='qkv_features=8 is not divisible by num_heads=3'):
+    module.init(jax.random.key(0), jnp.ones((1, 2, 8)))

@@ -1,0 +1,69 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.layers import masks
+from vit_jax.layers import transformer
+
+
+def _x(*shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_positions_go_to_queries_and_keys_not_values():
+  """Post-LN block with pos equals attention(q=k=x+pos, v=x) computed by hand."""
+  block = transformer.EncoderBlock(num_heads=2, mlp_dim=16, norm_first=False)
+  x, pos = _x(2, 5, 8), _x(2, 5, 8, seed=1)
+  params = block.init(jax.random.key(0), x, pos=pos)
+  out, _ = block.apply(params, x, pos=pos)
+  p = params['params']
+  mha = transformer.attention.MultiHeadAttention(num_heads=2)
+  y, _ = mha.apply({'params': p['MultiHeadDotProductAttention_1']}, x + pos, x + pos, x)
+  ln = lambda v, s: (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6) \
+      * s['scale'] + s['bias']
+  h = ln(x + np.asarray(y), p['LayerNorm_0'])
+  mlp = transformer.MlpBlock(16)
+  expected = ln(h + np.asarray(mlp.apply({'params': p['MlpBlock_3']}, h)), p['LayerNorm_2'])
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  # Adding pos to the values as well would give something else.
+  y_wrong, _ = mha.apply({'params': p['MultiHeadDotProductAttention_1']}, x + pos)
+  assert np.abs(np.asarray(y_wrong) - np.asarray(y)).max() > 1e-3
+
+
+def test_encoder_returns_every_layer():
+  enc = transformer.Encoder(num_layers=3, num_heads=2, mlp_dim=16, learned_posemb=True)
+  x = _x(2, 4, 8)
+  params = enc.init(jax.random.key(0), x)
+  out, aux = enc.apply(params, x)
+  assert len(aux['layers']) == 3 and len(aux['attention']) == 3
+  assert aux['attention'][0].shape == (2, 2, 4, 4)
+  assert out.shape == (2, 4, 8)
+  assert set(params['params']) == {'posembed_input', 'encoderblock_0', 'encoderblock_1',
+                                   'encoderblock_2', 'encoder_norm'}
+
+
+def test_decoder_is_causal_and_respects_memory_padding():
+  dec = transformer.Decoder(num_layers=2, num_heads=2, mlp_dim=16, final_norm=True,
+                            norm_every_output=True)
+  x, memory = _x(1, 5, 8), _x(1, 6, 8, seed=1)
+  valid = np.array([[1, 1, 1, 1, 0, 0]], bool)
+  kw = dict(self_mask=masks.causal_mask(5), cross_mask=masks.key_padding_mask(valid))
+  params = dec.init(jax.random.key(0), x, memory, **kw)
+  out, aux = dec.apply(params, x, memory, **kw)
+  x2, memory2 = x.copy(), memory.copy()
+  x2[:, 3:] += 3.0
+  memory2[:, 4:] = 99.0
+  out2, _ = dec.apply(params, x2, memory2, **kw)
+  np.testing.assert_allclose(np.asarray(out)[:, :3], np.asarray(out2)[:, :3], atol=1e-5)
+  np.testing.assert_allclose(aux['layers'][-1], out, atol=1e-6)  # Normed like the output.
+  assert aux['attention'][0]['cross'].shape == (1, 2, 5, 6)
+
+
+def test_droppath_drops_whole_examples_and_rescales():
+  drop = transformer.DropPath(0.5)
+  x = jnp.ones((64, 3, 4))
+  y = np.asarray(drop.apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)}))
+  per_example = y.reshape(64, -1)
+  assert set(np.unique(per_example)) <= {0.0, 2.0}
+  assert np.all(per_example.min(1) == per_example.max(1))
+  assert 10 < (per_example[:, 0] == 0).sum() < 54
