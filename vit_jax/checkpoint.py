@@ -1,5 +1,5 @@
-"""Training-state checkpoints with orbax: every N steps and at the end, keep the last K,
-resume from the newest, restore onto any device count (the target shardings decide)."""
+"""Training-state checkpoints with orbax: keep the last K, resume from the newest, restore
+onto any device count (the target shardings decide)."""
 import os
 
 import jax
@@ -7,20 +7,20 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
+  """The trainer decides when to save (orbax's own interval policy also saves the first step)."""
 
-  def __init__(self, workdir, every, keep):
+  def __init__(self, workdir, keep):
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep,
-                                           create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self.manager = ocp.CheckpointManager(directory, options=options)
     self.directory = directory
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, step, state, force=False):
+  def save(self, step, state):
     """Saves in the background (orbax writes to a temporary folder, then renames)."""
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def restore(self, step, abstract_state):
     """abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings."""

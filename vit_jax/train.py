@@ -58,9 +58,9 @@ def make_train_step(task, tx, accum_steps):
 class Trainer:
   """Holds the mesh, the task, the jitted functions and the state's shardings."""
 
-  def __init__(self, config, workdir):
-    self.config, self.workdir = config, workdir
-    self.mesh = sharding.make_mesh(config.mesh.fsdp)
+  def __init__(self, config, devices=None):
+    self.config = config
+    self.mesh = sharding.make_mesh(config.mesh.fsdp, devices)
     self.task = tasks.get_task(config.task)(config)
     self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
     self.local_eval_batch = sharding.check_batch_size(config.eval_batch_size, self.mesh,
@@ -112,16 +112,16 @@ class Trainer:
     return {k: float(v) for k, v in self.task.summarize(jax.device_get(sums)).items()}
 
 
-def train_and_evaluate(config, workdir):
-  """Trains config.total_steps steps (resuming from workdir), evaluates, checkpoints.
+def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
+  """Trains to config.total_steps (resuming from workdir), evaluates, checkpoints.
 
-  Returns (final state, last eval metrics).
+  devices: the mesh's devices (default: all). stop_at_step: save and return there, as if
+  interrupted; a later call resumes. Returns (final state, last eval metrics).
   """
   os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config, devices)
   train_source, eval_source, preprocess = trainer.task.datasets()
-  checkpoints = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every,
-                                            config.keep_checkpoints)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir)
   main_process = jax.process_index() == 0
   if main_process:
@@ -144,7 +144,8 @@ def train_and_evaluate(config, workdir):
   progress = tqdm.tqdm(total=config.total_steps, initial=start, disable=not main_process,
                        desc='train', unit='step', dynamic_ncols=True)
   window, window_start = [], time.perf_counter()
-  for step in range(start + 1, config.total_steps + 1):
+  last_step = min(config.total_steps, stop_at_step or config.total_steps)
+  for step in range(start + 1, last_step + 1):
     batch = sharding.global_batch(next(batches), trainer.mesh)
     state, metrics = trainer.train_step(state, batch, trainer.rng)
     window.append(metrics)
@@ -169,7 +170,8 @@ def train_and_evaluate(config, workdir):
           for k, v in eval_metrics.items()))
       window_start = time.perf_counter()  # Eval time is not training throughput.
 
-    checkpoints.save(step, state, force=step == config.total_steps)
+    if step % config.checkpoint_every == 0 or step == last_step:
+      checkpoints.save(step, state)
   progress.close()
   checkpoints.wait()
   checkpoints.close()
@@ -183,13 +185,12 @@ def train_and_evaluate(config, workdir):
   return state, eval_metrics
 
 
-def export(config, workdir, path=None):
+def export(config, workdir, path=None, devices=None):
   """Writes the newest checkpoint's parameters to `path` (default workdir/params.npz) in the
   published ViT .npz layout, for fine-tuning (config.pretrained.path) or other codebases."""
   from vit_jax import pretrained
-  trainer = Trainer(config, workdir)
-  checkpoints = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every,
-                                            config.keep_checkpoints)
+  trainer = Trainer(config, devices)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   step = checkpoints.latest_step()
   if step is None:
     raise FileNotFoundError(f'No checkpoint to export in {checkpoints.directory}.')

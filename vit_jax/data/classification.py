@@ -12,6 +12,7 @@ import pathlib
 from typing import Any, Callable
 
 import numpy as np
+import scipy.ndimage
 from PIL import Image
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -136,6 +137,20 @@ def random_shift(image, size, rng, max_shift=1):
   return padded[dy:dy + size, dx:dx + size]
 
 
+def random_affine(image, size, rng, degrees=12.0, scale=(0.9, 1.1), max_shift=1.0):
+  """Resize, then a random rotation, scaling and sub-pixel translation (zero fill): the
+  classic augmentation for handwritten digits."""
+  image = _resize(image, size, size).astype(np.float32)
+  angle = np.deg2rad(rng.uniform(-degrees, degrees))
+  matrix = np.array([[np.cos(angle), -np.sin(angle)],
+                     [np.sin(angle), np.cos(angle)]]) / rng.uniform(*scale)
+  center = (np.array([size, size]) - 1) / 2
+  offset = center - matrix @ center + rng.uniform(-max_shift, max_shift, 2)
+  out = np.stack([scipy.ndimage.affine_transform(image[..., c], matrix, offset, order=1)
+                  for c in range(image.shape[-1])], axis=-1)
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def center_crop(image, size, crop_fraction=0.875):
   """Resize the shorter side to size / crop_fraction, then take the central size x size."""
   h, w = image.shape[:2]
@@ -150,7 +165,7 @@ def center_crop(image, size, crop_fraction=0.875):
 class Preprocess:
   """Training (random) and eval (deterministic) preprocessing for one image size."""
   image_size: int
-  augment: str = 'inception_crop'  # or 'random_shift', 'none'
+  augment: str = 'inception_crop'  # or 'random_shift', 'random_affine', 'none'
   flip: bool = True
   channels: int = 3
 
@@ -170,11 +185,13 @@ class Preprocess:
       image = inception_crop(image, self.image_size, rng)
     elif self.augment == 'random_shift':
       image = random_shift(image, self.image_size, rng)
+    elif self.augment == 'random_affine':
+      image = random_affine(image, self.image_size, rng)
     elif self.augment == 'none':
       image = _resize(image, self.image_size, self.image_size)
     else:
       raise ValueError(f"Unknown data.augment {self.augment!r}; expected 'inception_crop', "
-                       "'random_shift' or 'none'.")
+                       "'random_shift', 'random_affine' or 'none'.")
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {'image': _normalize(image), 'label': np.int32(example['label'])}

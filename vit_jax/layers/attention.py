@@ -9,6 +9,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = Any
 
@@ -43,6 +44,15 @@ def dot_product_attention(query, key, value, mask=None, *, dropout_rate=0.0,
   return out.astype(dtype), weights
 
 
+def _flat_init(init, shape, split):
+  """Initialises as the 2-D matrix [prod(shape[:split]), prod(shape[split:])] that the kernel
+  is used as (fan-in/fan-out of Flax's DenseGeneral), then reshapes."""
+  def wrapped(key, _, dtype=jnp.float32):
+    flat = (int(np.prod(shape[:split])), int(np.prod(shape[split:])))
+    return init(key, flat, dtype).reshape(shape)
+  return wrapped
+
+
 class Projection(nn.Module):
   """Holds one head-split projection's parameters: kernel [D, H, Dh], bias [H, Dh]."""
   num_heads: int
@@ -52,7 +62,8 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, in_dim):
-    kernel = self.param('kernel', self.kernel_init, (in_dim, self.num_heads, self.head_dim))
+    shape = (in_dim, self.num_heads, self.head_dim)
+    kernel = self.param('kernel', _flat_init(self.kernel_init, shape, 1), shape)
     bias = self.param('bias', self.bias_init, (self.num_heads, self.head_dim))
     return kernel, bias
 
@@ -90,7 +101,8 @@ class OutProjection(nn.Module):
   @nn.compact
   def __call__(self, x, dtype):
     heads, head_dim = x.shape[-2:]
-    kernel = self.param('kernel', self.kernel_init, (heads, head_dim, self.features))
+    shape = (heads, head_dim, self.features)
+    kernel = self.param('kernel', _flat_init(self.kernel_init, shape, 2), shape)
     bias = self.param('bias', self.bias_init, (self.features,))
     y = matmul(x.reshape(-1, heads * head_dim), kernel.reshape(-1, self.features), dtype)
     return (y + bias.astype(dtype)).reshape(x.shape[:-2] + (self.features,))

@@ -1,0 +1,114 @@
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax.data import classification
+from vit_jax.data import pipeline
+
+
+def make_tfds_dataset(data_dir, sizes=(('train', 12), ('test', 5))):
+  """A tiny image-classification TFDS dataset, built here in array_record format (no
+  download, no TensorFlow: images are given as PIL images, which tfds encodes itself)."""
+  import tensorflow_datasets as tfds
+
+  class TinyShapes(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'label': tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      return {name: self._generate_examples(n) for name, n in sizes}
+
+    def _generate_examples(self, n):
+      rng = np.random.default_rng(n)
+      for i in range(n):
+        pixels = rng.integers(0, 255, (10 + i, 14, 3), dtype=np.uint8)
+        yield i, {'image': Image.fromarray(pixels), 'label': i % 3}
+
+  TinyShapes(data_dir=data_dir, file_format='array_record').download_and_prepare()
+  return 'tiny_shapes'
+
+
+def test_digits_fixed_split():
+  train, test = classification.Digits('train'), classification.Digits('test')
+  assert (len(train), len(test)) == (1437, 360)
+  assert train[0]['image'].shape == (8, 8, 1) and train[0]['image'].dtype == np.uint8
+  assert np.bincount(test.labels).min() >= 35  # Stratified: every digit in the test split.
+
+
+def test_tfds_source_and_preprocessing(tmp_path):
+  name = make_tfds_dataset(str(tmp_path))
+  source = classification.make_source('tfds', 'train', str(tmp_path), tfds_name=name)
+  assert len(source) == 12 and source.num_classes == 3
+  prep = classification.Preprocess(image_size=8, augment='inception_crop', flip=True)
+  example = prep.train(source[3], np.random.default_rng(0))
+  assert example['image'].shape == (8, 8, 3) and example['image'].dtype == np.float32
+  assert -1.0 <= example['image'].min() and example['image'].max() <= 1.0
+  assert prep.eval(source[4])['image'].shape == (8, 8, 3)
+  with pytest.raises(ValueError, match=r"Split 'validation' not found for TFDS dataset "
+                                       r"'tiny_shapes'; available: \['test', 'train'\]"):
+    classification.make_source('tfds', 'validation', str(tmp_path), tfds_name=name)
+  with pytest.raises(ValueError, match="TFDS dataset 'cifar10' is not prepared in data_dir"):
+    classification.make_source('tfds', 'train', str(tmp_path), tfds_name='cifar10')
+
+
+def test_image_folder(tmp_path):
+  for split, n in (('train', 3), ('test', 2)):
+    for c in ('cat', 'dog'):
+      (tmp_path / split / c).mkdir(parents=True)
+      for i in range(n):
+        Image.new('L', (9, 7), 40 * i).save(tmp_path / split / c / f'{i}.png')
+  source = classification.make_source('folder', 'train', str(tmp_path))
+  assert len(source) == 6 and source.classes == ['cat', 'dog'] and source.num_classes == 2
+  assert source[4]['image'].shape == (7, 9, 3) and source[4]['label'] == 1
+  with pytest.raises(ValueError, match='Image folder split .*valid.* does not exist'):
+    classification.make_source('folder', 'valid', str(tmp_path))
+
+
+def test_wrong_channels_is_a_clear_error():
+  prep = classification.Preprocess(image_size=8, augment='none', channels=1)
+  with pytest.raises(ValueError, match='Image has 3 channels; the model expects 1'):
+    prep.eval({'image': np.zeros((8, 8, 3), np.uint8), 'label': 0})
+
+
+def _identity(example, rng=None):
+  return {'x': np.int32(example)}
+
+
+def test_train_batches_are_a_function_of_the_step():
+  source = list(range(10))
+  full = pipeline.train_batches(source, _identity, 4, seed=3)
+  first = [next(full)['x'] for _ in range(5)]
+  resumed = pipeline.train_batches(source, _identity, 4, seed=3, start_step=3)
+  np.testing.assert_array_equal(next(resumed)['x'], first[3])
+  epoch = np.concatenate(first)[:10]  # Each epoch visits every example once.
+  assert sorted(epoch.tolist()) == list(range(10))
+
+
+def test_each_process_reads_its_rows_of_the_global_batch(monkeypatch):
+  source = list(range(20))
+  single = pipeline.train_batches(source, _identity, 8, seed=0)
+  global_batches = [next(single)['x'] for _ in range(3)]
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  rows = []
+  for p in range(2):
+    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
+    host = pipeline.train_batches(source, _identity, 4, seed=0)
+    rows.append([next(host)['x'] for _ in range(3)])
+  for b in range(3):
+    np.testing.assert_array_equal(np.concatenate([rows[0][b], rows[1][b]]), global_batches[b])
+
+
+def test_eval_batches_count_every_example_once():
+  batches = list(pipeline.eval_batches(list(range(10)), _identity, 4))
+  assert len(batches) == 3 == pipeline.num_eval_batches(range(10), 4)
+  x = np.concatenate([b['x'] for b in batches])
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 10
+  assert sorted(x[mask == 1].tolist()) == list(range(10))
+  with pytest.raises(ValueError, match='The evaluation split is empty'):
+    pipeline.eval_batches([], _identity, 4)

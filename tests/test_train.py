@@ -1,0 +1,122 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import vit as vit_config
+from vit_jax import metrics
+from vit_jax import pretrained
+from vit_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(**overrides):
+  config = vit_config.get_config('tiny')
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def params_of(state):
+  return jax.device_get(state['params'])
+
+
+def assert_trees_close(a, b, atol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=0), a, b)
+
+
+def test_training_lowers_the_loss_and_learns_digits(tmp_path):
+  config = tiny(total_steps=100, batch_size=64, eval_every=100, log_every=10,
+                **{'optim.learning_rate': 3e-3})
+  _, result = train.train_and_evaluate(config, str(tmp_path))
+  rows = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert losses[-1] < 0.85 * losses[0]
+  assert result['count'] == 360  # Every test example, the last partial batch included.
+  assert result['accuracy'] > 0.2  # Chance is 0.1.
+  for f in ('training_curves.png', 'config.json', 'tensorboard', 'checkpoints/100'):
+    assert (tmp_path / f).exists(), f
+
+
+def test_sharded_step_equals_single_device(tmp_path):
+  assert jax.device_count() == 8
+  config = tiny(total_steps=3, eval_every=100)
+  one, _ = train.train_and_evaluate(config, str(tmp_path / 'one'), devices=jax.devices()[:1])
+  eight, _ = train.train_and_evaluate(config, str(tmp_path / 'eight'))
+  assert_trees_close(params_of(one), params_of(eight), atol=1e-5)
+
+
+def test_resume_onto_another_device_count_continues_exactly(tmp_path):
+  config = tiny(total_steps=8, eval_every=100, checkpoint_every=4, **{'model.droppath_rate': 0.2})
+  full, _ = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  train.train_and_evaluate(config, str(tmp_path / 'split'), stop_at_step=4)
+  assert sorted(os.listdir(tmp_path / 'split' / 'checkpoints')) == ['4']
+  resumed, _ = train.train_and_evaluate(config, str(tmp_path / 'split'),
+                                        devices=jax.devices()[:2])
+  assert int(resumed['step']) == 8
+  assert_trees_close(params_of(full), params_of(resumed), atol=1e-5)
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+  config = tiny(total_steps=2, eval_every=100)
+  full, _ = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  config.accum_steps = 2
+  accumulated, _ = train.train_and_evaluate(config, str(tmp_path / 'accum'))
+  assert_trees_close(params_of(full), params_of(accumulated), atol=1e-5)
+
+
+def test_export_then_finetune_at_a_new_resolution(tmp_path):
+  config = tiny(total_steps=4, eval_every=100)
+  state, _ = train.train_and_evaluate(config, str(tmp_path / 'pre'))
+  path = train.export(config, str(tmp_path / 'pre'))
+  flat = pretrained.load_npz(path)
+  assert flat['Transformer/posembed_input/pos_embedding'].shape == (1, 17, 32)
+
+  finetune = vit_config.get_config('tiny,finetune')
+  finetune.update_from_flattened_dict({'pretrained.path': path, 'total_steps': 2,
+                                       'eval_every': 2})
+  trainer = train.Trainer(finetune)
+  start = jax.device_get(trainer.initial_state()['params'])
+  assert start['Transformer']['posembed_input']['pos_embedding'].shape == (1, 65, 32)
+  np.testing.assert_array_equal(start['embedding']['kernel'],
+                                params_of(state)['embedding']['kernel'])
+  _, result = train.train_and_evaluate(finetune, str(tmp_path / 'fine'))
+  assert result['count'] == 360
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_config_typo_names_the_key(tmp_path):
+  out = run_main('--config=configs/vit.py:tiny', '--config.model.hiden_size=3',
+                 f'--workdir={tmp_path}')
+  assert out.returncode != 0
+  assert 'hiden_size' in out.stderr
+  config = tiny()
+  config.lock()  # As main.py does.
+  with pytest.raises(AttributeError, match='hiden_size'):
+    config.model.hiden_size = 3
+
+
+def test_main_trains_and_exports(tmp_path):
+  common = ['--config=configs/vit.py:tiny', f'--workdir={tmp_path}', '--config.total_steps=3',
+            '--config.model.num_layers=1']
+  out = run_main(*common)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'Final eval' in out.stdout and 'training_curves.png' in out.stdout
+  assert json.loads((tmp_path / 'config.json').read_text())['model']['num_layers'] == 1
+  out = run_main(*common, '--mode=export')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (tmp_path / 'params.npz').exists()
+
+
+def test_unknown_variant_is_a_clear_error():
+  config = tiny(**{'model.variant': 'Q/16'})
+  with pytest.raises(ValueError, match="Unknown ViT variant 'Q/16'"):
+    train.Trainer(config)
