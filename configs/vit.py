@@ -27,15 +27,15 @@ def get_config(arg=''):
   c.label_smoothing = 0.0
   c.model = ml_collections.ConfigDict(dict(
       variant=placeholder(str), num_classes=10, patch_size=2, hidden_size=128, num_layers=4, num_heads=4,
-      mlp_dim=256, dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.1,
+      mlp_dim=256, dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0,
       classifier='token', representation_size=placeholder(int), activation='gelu'))
   c.data = ml_collections.ConfigDict(dict(
       name='digits', tfds_name='', data_dir='', train_split='train', eval_split='test',
-      image_size=8, channels=1, augment='random_shift', flip=False, num_threads=2))
-  c.total_steps = 1500
+      image_size=8, channels=1, augment='random_affine', flip=False, num_threads=2))
+  c.total_steps = 2500
   c.batch_size = 128
   c.eval_every = 500
-  c.optim.learning_rate = 1e-3
+  c.optim.learning_rate = 2e-3
   c.optim.weight_decay = 0.05
 
   if 'tiny' in args:

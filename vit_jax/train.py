@@ -178,8 +178,9 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   writer.close()
   if main_process and os.path.exists(writer.path):
     png = plots.training_curves(writer.path, os.path.join(workdir, 'training_curves.png'))
-    print(f'Checkpoints: {checkpoints.directory}\nMetrics: {writer.path} and '
-          f'{os.path.join(workdir, "tensorboard")}\nTraining curves: {png}')
+    print(f'Checkpoints: {checkpoints.directory}\nMetrics: {os.path.abspath(writer.path)} and '
+          f'{os.path.abspath(os.path.join(workdir, "tensorboard"))}\n'
+          f'Training curves: {os.path.abspath(png)}')
     if eval_metrics:
       print('Final eval: ' + json.dumps(eval_metrics))
   return state, eval_metrics

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from vit_jax import optim
+
+
+def test_warmup_then_cosine():
+  lr = optim.make_schedule(110, 1.0, 'cosine', warmup_steps=10)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(60), lr(110)], [0, 0.5, 1, 0.5, 0],
+                             atol=1e-6)
+
+
+def test_linear_and_rsqrt():
+  lr = optim.make_schedule(10, 2.0, 'linear', end_lr_factor=0.5)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10)], [2.0, 1.5, 1.0], atol=1e-6)
+  rsqrt = optim.make_schedule(0, 1.0, 'rsqrt', warmup_steps=4000, model_dim=512)
+  # The paper's formula at step 100 (warming up) and 10,000 (decaying), 1-based steps.
+  np.testing.assert_allclose(rsqrt(99), 512 ** -0.5 * 100 * 4000 ** -1.5, rtol=1e-5)
+  np.testing.assert_allclose(rsqrt(9999), 512 ** -0.5 * 10000 ** -0.5, rtol=1e-5)
+
+
+def test_weight_decay_only_on_matrices():
+  mask = optim.decay_mask({'kernel': np.ones((2, 3)), 'bias': np.ones(3)})
+  assert mask == {'kernel': True, 'bias': False}
+
+
+def test_unknown_names_are_clear_errors():
+  with pytest.raises(ValueError, match="Unknown optimizer 'adam'; expected 'adamw' or 'sgd'"):
+    optim.make_optimizer(10, name='adam')
+  with pytest.raises(ValueError, match="Unknown schedule 'cosin'"):
+    optim.make_schedule(10, 1.0, 'cosin')
