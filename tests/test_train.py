@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import vit as vit_config
+from vit_jax import checkpoint
 from vit_jax import metrics
 from vit_jax import pretrained
 from vit_jax import train
@@ -30,15 +31,15 @@ def assert_trees_close(a, b, atol):
 
 
 def test_training_lowers_the_loss_and_learns_digits(tmp_path):
-  config = tiny(total_steps=100, batch_size=64, eval_every=100, log_every=10,
-                **{'optim.learning_rate': 3e-3})
+  config = tiny(total_steps=150, batch_size=64, eval_every=150, log_every=10,
+                **{'optim.learning_rate': 3e-3, 'data.augment': 'none'})
   _, result = train.train_and_evaluate(config, str(tmp_path))
   rows = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
   losses = [r['train/loss'] for r in rows if 'train/loss' in r]
   assert losses[-1] < 0.85 * losses[0]
   assert result['count'] == 360  # Every test example, the last partial batch included.
-  assert result['accuracy'] > 0.2  # Chance is 0.1.
-  for f in ('training_curves.png', 'config.json', 'tensorboard', 'checkpoints/100'):
+  assert result['accuracy'] > 0.25  # Chance is 0.1.
+  for f in ('training_curves.png', 'config.json', 'tensorboard', 'checkpoints/150'):
     assert (tmp_path / f).exists(), f
 
 
@@ -50,15 +51,24 @@ def test_sharded_step_equals_single_device(tmp_path):
   assert_trees_close(params_of(one), params_of(eight), atol=1e-5)
 
 
-def test_resume_onto_another_device_count_continues_exactly(tmp_path):
+def test_resume_continues_exactly_and_restores_onto_another_device_count(tmp_path):
   config = tiny(total_steps=8, eval_every=100, checkpoint_every=4, **{'model.droppath_rate': 0.2})
   full, _ = train.train_and_evaluate(config, str(tmp_path / 'full'))
-  train.train_and_evaluate(config, str(tmp_path / 'split'), stop_at_step=4)
+  stopped, _ = train.train_and_evaluate(config, str(tmp_path / 'split'), stop_at_step=4)
   assert sorted(os.listdir(tmp_path / 'split' / 'checkpoints')) == ['4']
-  resumed, _ = train.train_and_evaluate(config, str(tmp_path / 'split'),
-                                        devices=jax.devices()[:2])
+  resumed, _ = train.train_and_evaluate(config, str(tmp_path / 'split'))
   assert int(resumed['step']) == 8
-  assert_trees_close(params_of(full), params_of(resumed), atol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, params_of(full), params_of(resumed))
+
+  # The step-4 checkpoint (written from 8 devices) restored onto 2 devices.
+  trainer = train.Trainer(config, devices=jax.devices()[:2])
+  checkpoints = checkpoint.Checkpointer(str(tmp_path / 'split'), keep=3)
+  state = checkpoints.restore(4, checkpoint.abstract_with_shardings(trainer.abstract_state,
+                                                                    trainer.state_shardings))
+  checkpoints.close()
+  leaf = jax.tree.leaves(state['params'])[0]
+  assert len(leaf.sharding.device_set) == 2
+  jax.tree.map(np.testing.assert_array_equal, params_of(stopped), params_of(state))
 
 
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
