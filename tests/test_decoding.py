@@ -1,0 +1,68 @@
+import jax
+import numpy as np
+
+from vit_jax.models import transformer
+from vit_jax.ops import decoding
+
+BOS, EOS = 1, 2
+
+
+def setup():
+  model = transformer.Transformer(vocab_size=19, num_layers=2, d_model=32, d_ff=64, num_heads=4,
+                                  dropout_rate=0.0, max_length=32)
+  source = np.random.default_rng(0).integers(3, 19, (3, 6))
+  source[2, 3:] = 0
+  params = model.init(jax.random.key(1), source, source)['params']
+  return model, params, source
+
+
+def test_cached_greedy_equals_uncached():
+  model, params, source = setup()
+  tokens, scores, attention = jax.jit(
+      lambda p, s: decoding.greedy(model, p, s, max_length=10, bos_id=BOS, eos_id=EOS))(
+          params, source)
+  ref_tokens, ref_scores = decoding.greedy_without_cache(model, params, source, max_length=10,
+                                                         bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(tokens, ref_tokens)
+  np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+  assert attention.shape == (3, 10, 2, 4, 6)
+  np.testing.assert_allclose(np.asarray(attention)[2, 0, :, :, 3:], 0.0)  # Padded source.
+
+
+def test_beam_size_one_equals_greedy():
+  model, params, source = setup()
+  tokens, scores, _ = decoding.greedy(model, params, source, max_length=8, bos_id=BOS,
+                                      eos_id=EOS)
+  beams, beam_scores = jax.jit(lambda p, s: decoding.beam_search(
+      model, p, s, beam_size=1, max_length=8, bos_id=BOS, eos_id=EOS, alpha=0.0))(
+          params, source)
+  np.testing.assert_array_equal(beams[:, 0], tokens)
+  np.testing.assert_allclose(beam_scores[:, 0], scores, atol=1e-4)
+
+
+def test_wide_beam_finds_the_exact_optimum():
+  """With beam ≥ every prefix, beam search is exhaustive: compare with brute force."""
+  vocab, max_length, alpha = 5, 3, 0.6
+  model = transformer.Transformer(vocab_size=vocab, num_layers=1, d_model=16, d_ff=32,
+                                  num_heads=2, dropout_rate=0.0, max_length=8)
+  source = np.array([[3, 4, 3, 0], [4, 4, 3, 3]])
+  params = model.init(jax.random.key(3), source, source)['params']
+  params['embedding']['embedding'] = params['embedding']['embedding'] * 8.0  # Peakier.
+  beams, scores = decoding.beam_search(model, params, source, beam_size=vocab ** 2,
+                                       max_length=max_length, bos_id=BOS, eos_id=EOS,
+                                       alpha=alpha)
+  # Brute force over every sequence of non-pad tokens, cut at the first EOS.
+  import itertools
+  candidates = set()
+  for seq in itertools.product(range(1, vocab), repeat=max_length):
+    cut = seq.index(EOS) + 1 if EOS in seq else max_length
+    candidates.add(seq[:cut])
+  for row in range(2):
+    best = -np.inf
+    for seq in candidates:
+      target_in = np.array([[BOS, *seq[:-1]]])
+      logits, _ = model.apply({'params': params}, source[row:row + 1], target_in)
+      logp = jax.nn.log_softmax(logits[0].at[:, 0].set(decoding.NEG_INF))
+      total = float(sum(logp[i, s] for i, s in enumerate(seq)))
+      best = max(best, total / decoding.length_penalty(len(seq), alpha))
+    np.testing.assert_allclose(scores[row, 0], best, atol=1e-4)

@@ -1,0 +1,138 @@
+"""Autoregressive decoding with a key/value cache: greedy and batched beam search.
+
+Both are pure functions of (params, source) built on `Transformer.encode` and
+`Transformer.decode_logits` with `decode=True`, so they jit as one program (lax.while_loop).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NEG_INF = -1e9
+
+
+def init_cache(model, params, memory, source, max_length):
+  """An empty cache sized for `max_length` target tokens."""
+  decoder = model.clone(decode=True)
+  dummy = jnp.zeros((source.shape[0], max_length), jnp.int32)
+  variables = decoder.init(jax.random.key(0), memory, source, dummy,
+                           method=decoder.decode_logits)
+  return decoder, variables['cache']
+
+
+def step_logits(decoder, params, cache, memory, source, token, position):
+  """Log-probabilities of the next token [B, V] given the last token [B] at `position`.
+  Padding is never generated."""
+  (logits, aux), updated = decoder.apply(
+      {'params': params, 'cache': cache}, memory, source, token[:, None],
+      positions=jnp.full((token.shape[0], 1), position), method=decoder.decode_logits,
+      mutable=['cache'])
+  cross = jnp.stack([layer['cross'][:, :, 0] for layer in aux['attention']])  # [L, B, H, S]
+  logits = logits[:, 0].at[:, decoder.pad_id].set(NEG_INF)
+  return jax.nn.log_softmax(logits), updated['cache'], cross
+
+
+def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
+  """Returns (tokens [B, max_length] without BOS, padded after EOS; log-prob scores [B];
+  cross-attention [B, max_length, L, H, S] of each emitted token)."""
+  memory, _ = model.apply({'params': params}, source, method=model.encode)
+  decoder, cache = init_cache(model, params, memory, source, max_length)
+  batch = source.shape[0]
+
+  def body(state):
+    t, token, cache, out, scores, done, attention = state
+    logp, cache, cross = step_logits(decoder, params, cache, memory, source, token, t)
+    next_token = jnp.where(done, pad_id, logp.argmax(-1))
+    scores = scores + jnp.where(done, 0.0, logp.max(-1))
+    out = out.at[:, t].set(next_token)
+    attention = attention.at[:, t].set(jnp.moveaxis(cross, 0, 1))
+    return t + 1, next_token, cache, out, scores, done | (next_token == eos_id), attention
+
+  num_layers = len(cache['decoder'])
+  state = (0, jnp.full((batch,), bos_id), cache, jnp.full((batch, max_length), pad_id),
+           jnp.zeros(batch), jnp.zeros(batch, bool),
+           jnp.zeros((batch, max_length, num_layers, model.num_heads, source.shape[1])))
+  state = jax.lax.while_loop(lambda s: (s[0] < max_length) & ~s[5].all(), body, state)
+  return state[3], state[4], state[6]
+
+
+def greedy_without_cache(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
+  """Reference: re-runs the full decoder on the whole prefix at every step (slow)."""
+  batch = source.shape[0]
+  prefix = np.full((batch, max_length + 1), pad_id)
+  prefix[:, 0] = bos_id
+  scores, done = np.zeros(batch), np.zeros(batch, bool)
+  for t in range(max_length):
+    logits, _ = model.apply({'params': params}, source, jnp.asarray(prefix[:, :t + 1]))
+    logp = np.asarray(jax.nn.log_softmax(logits[:, t].at[:, pad_id].set(NEG_INF)))
+    token = np.where(done, pad_id, logp.argmax(-1))
+    scores += np.where(done, 0.0, logp.max(-1))
+    prefix[:, t + 1] = token
+    done |= token == eos_id
+    if done.all():
+      break
+  return prefix[:, 1:], scores
+
+
+def length_penalty(length, alpha):
+  """GNMT's ((5 + |Y|) / 6)^α (Wu et al. 2016, §7)."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id, alpha=0.6,
+                pad_id=0):
+  """Batched beam search. Returns (tokens [B, K, max_length] best first, padded after EOS;
+  scores [B, K] = log-prob / length_penalty)."""
+  batch, k = source.shape[0], beam_size
+  memory, _ = model.apply({'params': params}, source, method=model.encode)
+  tile = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] → [B*K, ...]
+  memory, source = tile(memory), tile(source)
+  decoder, cache = init_cache(model, params, memory, source, max_length)
+
+  def gather_beams(tree, origin):  # Leaves [B*K, ...] re-ordered by origin [B, K].
+    def gather(x):
+      if x.ndim == 0:
+        return x
+      x = x.reshape((batch, k) + x.shape[1:])
+      return x[jnp.arange(batch)[:, None], origin].reshape((batch * k,) + x.shape[2:])
+    return jax.tree.map(gather, tree)
+
+  def body(state):
+    t, seqs, logp, cache, fin_seqs, fin_scores = state
+    token = jnp.where(t == 0, bos_id, seqs[:, :, jnp.maximum(t - 1, 0)]).reshape(-1)
+    step, cache, _ = step_logits(decoder, params, cache, memory, source, token, t)
+    vocab = step.shape[-1]
+    candidates = (logp[:, :, None] + step.reshape(batch, k, vocab)).reshape(batch, k * vocab)
+    # The best K continuations; those ending in EOS leave the live set (which may then hold
+    # fewer than K real beams), so beam size 1 is exactly greedy decoding.
+    top_logp, top_index = jax.lax.top_k(candidates, k)
+    origin, new_token = top_index // vocab, top_index % vocab
+    top_seqs = jnp.take_along_axis(seqs, origin[:, :, None], axis=1).at[:, :, t].set(new_token)
+    ended = new_token == eos_id
+    live_logp = jnp.where(ended, NEG_INF, top_logp)
+    seqs = top_seqs
+    cache = gather_beams(cache, origin)
+    # Finished: merge those that ended now with the earlier ones, keep the best K.
+    ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1, alpha), NEG_INF)
+    all_scores = jnp.concatenate([fin_scores, ended_scores], axis=1)
+    all_seqs = jnp.concatenate([fin_seqs, top_seqs], axis=1)
+    fin_scores, best = jax.lax.top_k(all_scores, k)
+    fin_seqs = jnp.take_along_axis(all_seqs, best[:, :, None], axis=1)
+    return t + 1, seqs, live_logp, cache, fin_seqs, fin_scores
+
+  def not_done(state):
+    t, _, logp, _, _, fin_scores = state
+    # A live beam can at best keep its log-prob and get the largest length penalty.
+    best_live = logp[:, 0] / length_penalty(max_length, alpha)
+    worst_finished = fin_scores[:, -1]
+    return (t < max_length) & ~jnp.all(worst_finished >= best_live)
+
+  first = jnp.concatenate([jnp.zeros((batch, 1)), jnp.full((batch, k - 1), NEG_INF)], axis=1)
+  state = (0, jnp.full((batch, k, max_length), pad_id), first, cache,
+           jnp.full((batch, k, max_length), pad_id), jnp.full((batch, k), NEG_INF))
+  _, seqs, logp, _, fin_seqs, fin_scores = jax.lax.while_loop(not_done, body, state)
+  # Rows with fewer than K finished beams are completed by live ones (scored at max length).
+  live_scores = logp / length_penalty(max_length, alpha)
+  scores = jnp.concatenate([fin_scores, live_scores], axis=1)
+  seqs_all = jnp.concatenate([fin_seqs, seqs], axis=1)
+  scores, best = jax.lax.top_k(scores, k)
+  return jnp.take_along_axis(seqs_all, best[:, :, None], axis=1), scores
