@@ -37,3 +37,11 @@ def check_batch_size(batch_size, mesh, what='batch_size'):
     raise ValueError(f'{what}={batch_size} must be divisible by the number of devices '
                      f'({devices}) and of processes ({jax.process_count()}).')
   return batch_size // jax.process_count()
+
+
+def to_host(tree):
+  """Global arrays → numpy on every process (gathered across processes when there are several)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)

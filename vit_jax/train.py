@@ -58,10 +58,10 @@ def make_train_step(task, tx, accum_steps):
 class Trainer:
   """Holds the mesh, the task, the jitted functions and the state's shardings."""
 
-  def __init__(self, config, devices=None):
+  def __init__(self, config, workdir=None, devices=None):
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh.fsdp, devices)
-    self.task = tasks.get_task(config.task)(config)
+    self.task = tasks.get_task(config.task)(config, workdir)
     self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
     self.local_eval_batch = sharding.check_batch_size(config.eval_batch_size, self.mesh,
                                                       'eval_batch_size')
@@ -85,7 +85,7 @@ class Trainer:
                               in_shardings=(self.state_shardings, batch_sh, replicated),
                               out_shardings=(self.state_shardings, replicated),
                               donate_argnums=0)
-    self.eval_step = jax.jit(self.task.eval_sums,
+    self.eval_step = jax.jit(self.task.eval_step,
                              in_shardings=(self.state_shardings['params'], batch_sh),
                              out_shardings=replicated)
 
@@ -102,14 +102,18 @@ class Trainer:
     return state
 
   def evaluate(self, params, source, preprocess):
-    """Metrics over every example of the eval split."""
-    sums = None
+    """Metrics over every example of the eval split: the task's step returns (sums, outputs);
+    sums add up on device, outputs (e.g. decoded tokens) are gathered for host-side metrics."""
+    sums, outputs = None, []
     batches = pipeline.eval_batches(source, preprocess, self.local_eval_batch,
                                     num_threads=self.config.data.num_threads)
     for local in batches:
-      out = self.eval_step(params, sharding.global_batch(local, self.mesh))
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    return {k: float(v) for k, v in self.task.summarize(jax.device_get(sums)).items()}
+      batch_sums, batch_outputs = self.eval_step(params, sharding.global_batch(local, self.mesh))
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      if batch_outputs:
+        outputs.append(sharding.to_host(batch_outputs))
+    metrics = self.task.summarize(jax.device_get(sums), outputs, source)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
@@ -119,7 +123,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   interrupted; a later call resumes. Returns (final state, last eval metrics).
   """
   os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, devices)
+  trainer = Trainer(config, workdir, devices)
   train_source, eval_source, preprocess = trainer.task.datasets()
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir)
@@ -190,7 +194,7 @@ def export(config, workdir, path=None, devices=None):
   """Writes the newest checkpoint's parameters to `path` (default workdir/params.npz) in the
   published ViT .npz layout, for fine-tuning (config.pretrained.path) or other codebases."""
   from vit_jax import pretrained
-  trainer = Trainer(config, devices)
+  trainer = Trainer(config, workdir, devices)
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   step = checkpoints.latest_step()
   if step is None:

@@ -3,7 +3,9 @@
 
 def get_task(name):
   from vit_jax.tasks import classification
-  tasks = {'classification': classification.ClassificationTask}
+  from vit_jax.tasks import translation
+  tasks = {'classification': classification.ClassificationTask,
+           'translation': translation.TranslationTask}
   if name not in tasks:
     raise ValueError(f'Unknown task {name!r}; expected one of {sorted(tasks)}.')
   return tasks[name]

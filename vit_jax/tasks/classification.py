@@ -27,7 +27,8 @@ class ClassificationTask:
   """Everything the trainer asks of a family; the trainer itself knows no model."""
   input_key = 'image'
 
-  def __init__(self, config):
+  def __init__(self, config, workdir=None):
+    del workdir  # Nothing to keep beside the checkpoint.
     self.config = config
     self.model = build_model(**config.model)
     self.label_smoothing = config.get('label_smoothing', 0.0)
@@ -70,17 +71,18 @@ class ClassificationTask:
     return loss, {'loss': loss, 'accuracy': accuracy}
 
   # Evaluation ----------------------------------------------------------------------------------
-  def eval_sums(self, params, batch):
-    """Sums over the real (mask = 1) examples of a padded batch."""
+  def eval_step(self, params, batch):
+    """(sums over the real (mask = 1) examples of a padded batch, no host outputs)."""
     logits, _ = self.model.apply({'params': params}, batch['image'], train=False)
     mask = batch['mask']
     loss = softmax_cross_entropy(logits, batch['label'])
     return {'loss': (loss * mask).sum(),
             'correct': ((logits.argmax(-1) == batch['label']) * mask).sum(),
-            'count': mask.sum()}
+            'count': mask.sum()}, {}
 
   @staticmethod
-  def summarize(sums):
+  def summarize(sums, outputs, source):
+    del outputs, source
     return {'accuracy': sums['correct'] / sums['count'], 'loss': sums['loss'] / sums['count'],
             'count': sums['count']}
 

@@ -1,0 +1,73 @@
+import jax
+import numpy as np
+import pytest
+
+from configs import transformer as transformer_config
+from vit_jax import train
+from vit_jax.data import tokenizers
+from vit_jax.data import translation
+from vit_jax.tasks import translation as task_lib
+
+
+def test_number_words_are_real_language_and_split_by_value():
+  splits = {s: translation.NumberWords(s, max_value=999) for s in ('train', 'validation', 'test')}
+  assert [len(d) for d in splits.values()] == [800, 100, 100]
+  values = [set(d.values.tolist()) for d in splits.values()]
+  assert not (values[0] & values[1]) and not (values[0] & values[2])
+  pairs = dict(zip(splits['train'].values.tolist(), splits['train'].pairs))
+  pairs.update(zip(splits['test'].values.tolist(), splits['test'].pairs))
+  assert pairs.get(24, ('twenty-four', 'vierundzwanzig')) == ('twenty-four', 'vierundzwanzig')
+  assert pairs.get(107, ('one hundred and seven', 'einhundertsieben')) == (
+      'one hundred and seven', 'einhundertsieben')
+
+
+def test_char_tokenizer_roundtrip(tmp_path):
+  tok = tokenizers.CharTokenizer.train(['abc', 'cab!'])
+  ids = tok.encode('cab?')
+  assert ids[-1] == tokenizers.UNK and tok.vocab_size == 4 + 4
+  assert tok.decode(tok.encode('abc') + [tokenizers.EOS, 5, 6]) == 'abc'
+  tok.save(str(tmp_path / 't.json'))
+  assert tokenizers.CharTokenizer.load(str(tmp_path / 't.json')).chars == tok.chars
+
+
+def test_encode_shifts_targets_and_names_overlong_examples():
+  tok = tokenizers.CharTokenizer.train(['ab'])
+  encode = translation.Encode(tok, 4, 4)
+  out = encode({'source': 'ab', 'target': 'ba', 'index': 7})
+  b, a = tok.encode('ba')
+  np.testing.assert_array_equal(out['target_in'], [tokenizers.BOS, b, a, 0])
+  np.testing.assert_array_equal(out['target_out'], [b, a, tokenizers.EOS, 0])
+  with pytest.raises(ValueError, match=r"Example 7: the target has 6 tokens, more than "
+                                       r"data.max_target_length=4: 'ababa'"):
+    encode({'source': 'ab', 'target': 'ababa', 'index': 7})
+
+
+def test_loss_is_normalised_by_real_target_tokens():
+  config = transformer_config.get_config('tiny')
+  task = task_lib.TranslationTask(config)
+  batch = {'source': np.array([[5, 6, 0], [5, 0, 0]]),
+           'target_in': np.array([[1, 7, 8], [1, 0, 0]]),
+           'target_out': np.array([[7, 8, 2], [2, 0, 0]])}
+  params = task.init(jax.random.key(0), batch)
+  task.label_smoothing = 0.0
+  task.model = task.model.clone(dropout_rate=0.0)  # Deterministic, to compare by hand.
+  logits, _ = task.model.apply({'params': params}, batch['source'], batch['target_in'])
+  logp = jax.nn.log_softmax(logits)
+  real = [(0, 0, 7), (0, 1, 8), (0, 2, 2), (1, 0, 2)]
+  expected = -np.mean([logp[b, t, y] for b, t, y in real])
+  loss, _ = task.loss_fn(params, batch, jax.random.key(1))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
+  config = transformer_config.get_config('tiny')
+  config.update_from_flattened_dict({'total_steps': 60, 'eval_every': 60, 'log_every': 10})
+  _, result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['count'] == 100 and result['chrf'] > 10.0
+  from vit_jax import metrics
+  losses = [r['train/loss'] for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+            if 'train/loss' in r]
+  assert losses[-1] < 0.7 * losses[0]
+  assert (tmp_path / 'tokenizer.json').exists()
+  saved = tokenizers.CharTokenizer.load(str(tmp_path / 'tokenizer.json'))
+  assert train.Trainer(config, str(tmp_path)).task.tokenizer.chars == saved.chars

@@ -1,0 +1,57 @@
+"""Parallel text: the embedded number-words task and fixed-length token batches.
+
+'numbers': integers 0..max_value written out by `num2words` in two languages, e.g.
+English → German "twenty-four" → "vierundzwanzig" (reordering and compounding). The values are
+shuffled with a fixed seed and split 80/10/10 into train/validation/test: no number is in two
+splits. Real language, generated offline.
+"""
+import numpy as np
+
+from vit_jax.data import tokenizers
+
+SPLITS = {'train': (0.0, 0.8), 'validation': (0.8, 0.9), 'test': (0.9, 1.0)}
+
+
+class NumberWords:
+
+  def __init__(self, split, source_lang='en', target_lang='de', max_value=9999, seed=0):
+    from num2words import num2words
+    if split not in SPLITS:
+      raise ValueError(f"Unknown split {split!r} for 'numbers'; expected one of {list(SPLITS)}.")
+    values = np.random.default_rng(seed).permutation(max_value + 1)
+    lo, hi = (int(round(f * len(values))) for f in SPLITS[split])
+    self.values = values[lo:hi]
+    self.pairs = [(num2words(int(v), lang=source_lang), num2words(int(v), lang=target_lang))
+                  for v in self.values]
+
+  def __len__(self):
+    return len(self.pairs)
+
+  def __getitem__(self, i):
+    source, target = self.pairs[i]
+    return {'source': source, 'target': target, 'index': i}
+
+
+class Encode:
+  """Text pair → fixed-length int32 arrays: source, target_in (BOS + y), target_out (y + EOS)."""
+
+  def __init__(self, tokenizer, max_source_length, max_target_length):
+    self.tokenizer = tokenizer
+    self.max_source_length, self.max_target_length = max_source_length, max_target_length
+
+  def _pad(self, ids, length, side, example):
+    if len(ids) > length:
+      raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
+                       f'than data.max_{side}_length={length}: {example[side]!r}')
+    return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
+
+  def __call__(self, example, rng=None):
+    src = self.tokenizer.encode(example['source'])
+    tgt = self.tokenizer.encode(example['target'])
+    return {
+        'source': self._pad(src, self.max_source_length, 'source', example),
+        'target_in': self._pad([tokenizers.BOS] + tgt, self.max_target_length, 'target', example),
+        'target_out': self._pad(tgt + [tokenizers.EOS], self.max_target_length, 'target',
+                                example),
+        'index': np.int32(example['index']),
+    }

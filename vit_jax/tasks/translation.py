@@ -1,0 +1,114 @@
+"""Machine translation with the encoder–decoder Transformer: data, loss, decoding, BLEU."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.data import tokenizers
+from vit_jax.data import translation as data
+from vit_jax.models import transformer
+from vit_jax.ops import decoding
+from vit_jax.tasks import classification
+
+
+def make_source(c, split):
+  if c.name == 'numbers':
+    return data.NumberWords(split, c.source_lang, c.target_lang, c.max_value)
+  raise ValueError(f"Unknown data.name {c.name!r} for translation; expected 'numbers'.")
+
+
+class Preprocess(data.Encode):
+  """Same encoding for training and evaluation (no augmentation)."""
+
+  def train(self, example, rng):
+    return self(example, rng)
+
+  def eval(self, example):
+    return self(example)
+
+
+class TranslationTask:
+
+  def __init__(self, config, workdir=None):
+    self.config = config
+    c = config.data
+    self.train_source = make_source(c, c.train_split)
+    self.eval_source = make_source(c, c.eval_split)
+    self.tokenizer = self._tokenizer(workdir)
+    kwargs = transformer.decode_size(config.model.size)
+    kwargs.update({k: v for k, v in config.model.items() if v is not None and k != 'size'})
+    self.model = transformer.Transformer(vocab_size=self.tokenizer.vocab_size,
+                                         pad_id=tokenizers.PAD, **kwargs)
+    self.label_smoothing = config.get('label_smoothing', 0.0)
+
+  def _tokenizer(self, workdir):
+    """The workdir's tokenizer when resuming (it must match the checkpoint), else a new one
+    trained on the training text and saved there."""
+    path = os.path.join(workdir, 'tokenizer.json') if workdir else None
+    if path and os.path.exists(path):
+      return tokenizers.CharTokenizer.load(path)
+    texts = [t for pair in self.train_source.pairs for t in pair]
+    tokenizer = tokenizers.CharTokenizer.train(texts)
+    if path and jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      tokenizer.save(path)
+    return tokenizer
+
+  def datasets(self):
+    c = self.config.data
+    preprocess = Preprocess(self.tokenizer, c.max_source_length, c.max_target_length)
+    return self.train_source, self.eval_source, preprocess
+
+  def dummy_batch(self, batch_size):
+    c = self.config.data
+    return {'source': np.ones((batch_size, c.max_source_length), np.int32),
+            'target_in': np.ones((batch_size, c.max_target_length), np.int32)}
+
+  def init(self, rng, batch):
+    return self.model.init({'params': rng}, batch['source'], batch['target_in'])['params']
+
+  def loss_fn(self, params, batch, rng):
+    """Label-smoothed cross-entropy over real target tokens, normalised by their number."""
+    logits, _ = self.model.apply({'params': params}, batch['source'], batch['target_in'],
+                                 train=True, rngs={'dropout': rng})
+    weights = (batch['target_out'] != tokenizers.PAD).astype(jnp.float32)
+    losses = classification.softmax_cross_entropy(logits, batch['target_out'],
+                                                  self.label_smoothing)
+    tokens = jnp.maximum(weights.sum(), 1.0)
+    loss = (losses * weights).sum() / tokens
+    accuracy = ((logits.argmax(-1) == batch['target_out']) * weights).sum() / tokens
+    return loss, {'loss': loss, 'token_accuracy': accuracy}
+
+  def translate(self, params, source, beam_size=1, alpha=0.6):
+    """source [B, S] → tokens [B, T] (greedy, or the best beam)."""
+    kw = dict(max_length=self.config.data.max_target_length, bos_id=tokenizers.BOS,
+              eos_id=tokenizers.EOS, pad_id=tokenizers.PAD)
+    if beam_size == 1:
+      return decoding.greedy(self.model, params, source, **kw)[0]
+    return decoding.beam_search(self.model, params, source, beam_size=beam_size, alpha=alpha,
+                                **kw)[0][:, 0]
+
+  def eval_step(self, params, batch):
+    """Teacher-forced loss sums, and greedy translations for exact match, BLEU and chrF."""
+    logits, _ = self.model.apply({'params': params}, batch['source'], batch['target_in'])
+    weights = (batch['target_out'] != tokenizers.PAD) * batch['mask'][:, None]
+    nll = classification.softmax_cross_entropy(logits, batch['target_out'])
+    predicted = self.translate(params, batch['source'])
+    exact = jnp.all(predicted == batch['target_out'], axis=1)
+    sums = {'loss': (nll * weights).sum(), 'tokens': weights.sum(),
+            'exact': (exact * batch['mask']).sum(), 'count': batch['mask'].sum()}
+    return sums, {'predicted': predicted, 'index': batch['index'], 'mask': batch['mask']}
+
+  def summarize(self, sums, outputs, source):
+    import sacrebleu
+    hypotheses, references = [], []
+    for out in outputs:
+      for tokens, index, mask in zip(out['predicted'], out['index'], out['mask']):
+        if mask:
+          hypotheses.append(self.tokenizer.decode(tokens))
+          references.append(source[int(index)]['target'])
+    bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
+    chrf = sacrebleu.metrics.CHRF().corpus_score(hypotheses, [references])
+    return {'exact_match': sums['exact'] / sums['count'], 'loss': sums['loss'] / sums['tokens'],
+            'bleu': bleu.score, 'chrf': chrf.score, 'count': sums['count']}
