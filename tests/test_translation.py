@@ -62,12 +62,16 @@ def test_loss_is_normalised_by_real_target_tokens():
 def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
   config = transformer_config.get_config('tiny')
   config.update_from_flattened_dict({'total_steps': 60, 'eval_every': 60, 'log_every': 10})
-  _, result = train.train_and_evaluate(config, str(tmp_path))
+  state, result = train.train_and_evaluate(config, str(tmp_path))
   assert result['count'] == 100 and result['chrf'] > 10.0
   from vit_jax import metrics
   losses = [r['train/loss'] for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
             if 'train/loss' in r]
   assert losses[-1] < 0.7 * losses[0]
-  assert (tmp_path / 'tokenizer.json').exists()
+  assert (tmp_path / 'tokenizer.json').exists() and (tmp_path / 'alignment.png').exists()
   saved = tokenizers.CharTokenizer.load(str(tmp_path / 'tokenizer.json'))
-  assert train.Trainer(config, str(tmp_path)).task.tokenizer.chars == saved.chars
+  trainer, restored, step = train.restore_latest(config, str(tmp_path))
+  assert step == 60 and trainer.task.tokenizer.chars == saved.chars
+  for beam_size in (1, 3):
+    out = trainer.task.translate_texts(restored['params'], ['twenty-four', 'seven'], beam_size)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)

@@ -32,3 +32,19 @@ def training_curves(metrics_path, png_path):
   plt.close(fig)
   return png_path
 
+
+
+def alignments(examples, png_path):
+  """Cross-attention heat maps, one panel per (source chars, output chars, weights [T, S])."""
+  fig, axes = plt.subplots(1, len(examples), figsize=(5 * len(examples), 4.5), squeeze=False)
+  for ax, (source, output, weights) in zip(axes[0], examples):
+    ax.imshow(weights[:len(output) + 1, :len(source)], cmap='viridis', aspect='auto')
+    ax.set_xticks(range(len(source)), list(source), fontsize=7)
+    ax.set_yticks(range(len(output) + 1), list(output) + ['</s>'], fontsize=7)
+    ax.set_xlabel('source')
+    ax.set_ylabel('output')
+  fig.suptitle('Decoder cross-attention (last layer, mean over heads)')
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
+  return png_path

@@ -182,6 +182,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   writer.close()
   if main_process and os.path.exists(writer.path):
     png = plots.training_curves(writer.path, os.path.join(workdir, 'training_curves.png'))
+    if hasattr(trainer.task, 'write_plots'):  # Family-specific pictures (attention maps).
+      print(f'Plots: {os.path.abspath(trainer.task.write_plots(state["params"], workdir))}')
     print(f'Checkpoints: {checkpoints.directory}\nMetrics: {os.path.abspath(writer.path)} and '
           f'{os.path.abspath(os.path.join(workdir, "tensorboard"))}\n'
           f'Training curves: {os.path.abspath(png)}')
@@ -190,18 +192,24 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   return state, eval_metrics
 
 
-def export(config, workdir, path=None, devices=None):
-  """Writes the newest checkpoint's parameters to `path` (default workdir/params.npz) in the
-  published ViT .npz layout, for fine-tuning (config.pretrained.path) or other codebases."""
-  from vit_jax import pretrained
+def restore_latest(config, workdir, devices=None):
+  """(trainer, newest checkpointed state, its step) for export and inference."""
   trainer = Trainer(config, workdir, devices)
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   step = checkpoints.latest_step()
   if step is None:
-    raise FileNotFoundError(f'No checkpoint to export in {checkpoints.directory}.')
+    raise FileNotFoundError(f'No checkpoint in {checkpoints.directory}; train first.')
   state = checkpoints.restore(step, checkpoint_lib.abstract_with_shardings(
       trainer.abstract_state, trainer.state_shardings))
   checkpoints.close()
+  return trainer, state, step
+
+
+def export(config, workdir, path=None, devices=None):
+  """Writes the newest checkpoint's parameters to `path` (default workdir/params.npz) in the
+  published ViT .npz layout, for fine-tuning (config.pretrained.path) or other codebases."""
+  from vit_jax import pretrained
+  _, state, step = restore_latest(config, workdir, devices)
   path = path or os.path.join(workdir, 'params.npz')
   if jax.process_index() == 0:
     pretrained.save_npz(jax.device_get(state['params']), path)

@@ -32,6 +32,14 @@ class NumberWords:
     return {'source': source, 'target': target, 'index': i}
 
 
+def pad_tokens(ids, length, side, example):
+  """ids padded to `length`; an over-long example is an error naming it."""
+  if len(ids) > length:
+    raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
+                     f'than data.max_{side}_length={length}: {example[side]!r}')
+  return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
+
+
 class Encode:
   """Text pair → fixed-length int32 arrays: source, target_in (BOS + y), target_out (y + EOS)."""
 
@@ -39,19 +47,13 @@ class Encode:
     self.tokenizer = tokenizer
     self.max_source_length, self.max_target_length = max_source_length, max_target_length
 
-  def _pad(self, ids, length, side, example):
-    if len(ids) > length:
-      raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
-                       f'than data.max_{side}_length={length}: {example[side]!r}')
-    return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
-
   def __call__(self, example, rng=None):
     src = self.tokenizer.encode(example['source'])
     tgt = self.tokenizer.encode(example['target'])
     return {
-        'source': self._pad(src, self.max_source_length, 'source', example),
-        'target_in': self._pad([tokenizers.BOS] + tgt, self.max_target_length, 'target', example),
-        'target_out': self._pad(tgt + [tokenizers.EOS], self.max_target_length, 'target',
+        'source': pad_tokens(src, self.max_source_length, 'source', example),
+        'target_in': pad_tokens([tokenizers.BOS] + tgt, self.max_target_length, 'target', example),
+        'target_out': pad_tokens(tgt + [tokenizers.EOS], self.max_target_length, 'target',
                                 example),
         'index': np.int32(example['index']),
     }

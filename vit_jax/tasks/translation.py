@@ -4,6 +4,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sacrebleu
 
 from vit_jax.data import tokenizers
 from vit_jax.data import translation as data
@@ -41,6 +42,7 @@ class TranslationTask:
     self.model = transformer.Transformer(vocab_size=self.tokenizer.vocab_size,
                                          pad_id=tokenizers.PAD, **kwargs)
     self.label_smoothing = config.get('label_smoothing', 0.0)
+    self.bleu = sacrebleu.metrics.BLEU(tokenize=config.get('bleu_tokenize', '13a'))
 
   def _tokenizer(self, workdir):
     """The workdir's tokenizer when resuming (it must match the checkpoint), else a new one
@@ -101,14 +103,43 @@ class TranslationTask:
     return sums, {'predicted': predicted, 'index': batch['index'], 'mask': batch['mask']}
 
   def summarize(self, sums, outputs, source):
-    import sacrebleu
     hypotheses, references = [], []
     for out in outputs:
       for tokens, index, mask in zip(out['predicted'], out['index'], out['mask']):
         if mask:
           hypotheses.append(self.tokenizer.decode(tokens))
           references.append(source[int(index)]['target'])
-    bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
+    bleu = self.bleu.corpus_score(hypotheses, [references])
+    if jax.process_index() == 0:
+      print(f'sacreBLEU {bleu.score:.2f}, signature: {self.bleu.get_signature()}')
     chrf = sacrebleu.metrics.CHRF().corpus_score(hypotheses, [references])
     return {'exact_match': sums['exact'] / sums['count'], 'loss': sums['loss'] / sums['tokens'],
             'bleu': bleu.score, 'chrf': chrf.score, 'count': sums['count']}
+
+  def translate_texts(self, params, texts, beam_size=1, alpha=0.6, batch_size=64):
+    """Plain strings in, translations out (the --mode=translate command)."""
+    length = self.config.data.max_source_length
+    run = jax.jit(lambda p, s: self.translate(p, s, beam_size, alpha))
+    out = []
+    for start in range(0, len(texts), batch_size):
+      chunk = texts[start:start + batch_size]
+      source = np.stack([data.pad_tokens(self.tokenizer.encode(t), length, 'source',
+                                         {'index': start + i, 'source': t})
+                         for i, t in enumerate(chunk)])
+      out.extend(self.tokenizer.decode(row) for row in np.asarray(run(params, source)))
+    return out
+
+  def write_plots(self, params, workdir, num_examples=4):
+    """alignment.png: where the decoder attends while translating a few eval sentences."""
+    from vit_jax import plots
+    encode = Preprocess(self.tokenizer, self.config.data.max_source_length,
+                        self.config.data.max_target_length)
+    examples = [self.eval_source[i] for i in range(min(num_examples, len(self.eval_source)))]
+    source = np.stack([encode.eval(e)['source'] for e in examples])
+    tokens, _, attention = decoding.greedy(
+        self.model, params, source, max_length=self.config.data.max_target_length,
+        bos_id=tokenizers.BOS, eos_id=tokenizers.EOS, pad_id=tokenizers.PAD)
+    weights = np.asarray(attention)[:, :, -1].mean(axis=2)  # [B, T, S]
+    panels = [(e['source'], self.tokenizer.decode(t), w)
+              for e, t, w in zip(examples, np.asarray(tokens), weights)]
+    return plots.alignments(panels, os.path.join(workdir, 'alignment.png'))
