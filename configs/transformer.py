@@ -27,7 +27,7 @@ def get_config(arg=''):
   c.bleu_tokenize = 'char'  # sacreBLEU tokenizer: German number words are single words.
   c.total_steps = 1000
   c.batch_size = 64
-  c.eval_batch_size = 250
+  c.eval_batch_size = 256
   c.eval_every = 500
   c.checkpoint_every = 500
   c.optim.update(name='adamw', learning_rate=1.0, schedule='rsqrt', warmup_steps=400, b1=0.9,
@@ -37,7 +37,7 @@ def get_config(arg=''):
     c.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
     c.optim.model_dim = 32
     c.data.max_value = 999
-    c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 100
+    c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
     c.optim.warmup_steps = 10
   for size in ('base', 'big'):
