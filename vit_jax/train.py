@@ -36,7 +36,9 @@ def make_train_step(task, tx, accum_steps):
     if accum_steps == 1:
       grads, metrics = grads_of(params, batch, rng)
     else:
-      micro = jax.tree.map(lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
+      # Micro-batch i = rows i, i + accum, ...: every device keeps a share of each one.
+      micro = jax.tree.map(
+          lambda x: x.reshape((-1, accum_steps) + x.shape[1:]).swapaxes(0, 1), batch)
 
       def body(carry, inputs):
         i, mb = inputs
