@@ -1,0 +1,146 @@
+"""Transformer speed, side by side in one run on this machine.
+
+  .venv/bin/python benchmarks/transformer_throughput.py
+
+1. Training: target tokens/s of our train step vs torch.nn.Transformer (+ the same embedding and
+   tied output projection, AdamW) at the same size, batch and sequence lengths, float32.
+2. Decoding: generated tokens/s of our cached greedy decoder vs re-running the decoder on the
+   whole prefix at every step (no cache), both jit-compiled.
+Timed alternately after warm-up; medians with min-max.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import transformer as transformer_config  # noqa: E402
+from vit_jax import sharding  # noqa: E402
+from vit_jax import train  # noqa: E402
+from vit_jax.ops import decoding  # noqa: E402
+
+
+def batch_of(rng, batch, src_len, tgt_len, vocab):
+  source = rng.integers(4, vocab, (batch, src_len)).astype(np.int32)
+  target = rng.integers(4, vocab, (batch, tgt_len + 1)).astype(np.int32)
+  return {'source': source, 'target_in': target[:, :-1], 'target_out': target[:, 1:]}
+
+
+def ours_train(config, data):
+  trainer = train.Trainer(config)
+  box = {'state': trainer.initial_state()}
+  batch = sharding.global_batch(data, trainer.mesh)
+
+  def step():
+    box['state'], metrics = trainer.train_step(box['state'], batch, trainer.rng)
+    jax.block_until_ready(metrics)
+
+  return step, trainer
+
+
+def torch_train(m, vocab, data):
+  import torch
+  model = torch.nn.Transformer(d_model=m.d_model, nhead=m.num_heads,
+                               num_encoder_layers=m.num_layers, num_decoder_layers=m.num_layers,
+                               dim_feedforward=m.d_ff, dropout=m.dropout_rate, batch_first=True)
+  embed = torch.nn.Embedding(vocab, m.d_model)
+  params = list(model.parameters()) + list(embed.parameters())
+  opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+  src, tgt_in, tgt_out = (torch.from_numpy(data[k]).long() for k in
+                          ('source', 'target_in', 'target_out'))
+  causal = torch.nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
+  scale = m.d_model ** 0.5
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    out = model(embed(src) * scale, embed(tgt_in) * scale, tgt_mask=causal)
+    logits = out @ embed.weight.T
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tgt_out.reshape(-1),
+                                             label_smoothing=0.1)
+    loss.backward()
+    opt.step()
+
+  return step
+
+
+def uncached_greedy(model, params, source, max_length, bos, eos):
+  """Greedy decoding that re-runs the decoder on the whole (padded) prefix every step."""
+  memory, _ = model.apply({'params': params}, source, method=model.encode)
+
+  def body(t, tokens):
+    logits, _ = model.apply({'params': params}, memory, source, tokens[:, :-1],
+                            method=model.decode_logits)
+    next_token = logits[jnp.arange(tokens.shape[0]), t].at[:, 0].set(-1e9).argmax(-1)
+    return tokens.at[:, t + 1].set(next_token)
+
+  tokens = jnp.zeros((source.shape[0], max_length + 1), jnp.int32).at[:, 0].set(bos)
+  return jax.lax.fori_loop(0, max_length, body, tokens)[:, 1:]
+
+
+def timed(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def table(title, unit, rows, work):
+  print(f'\n{title}\n')
+  print(f'| implementation | time ms (median, min-max) | {unit} | speed ratio |')
+  print('|---|---|---|---|')
+  base = statistics.median(rows[-1][1])
+  for name, times in rows:
+    med = statistics.median(times)
+    print(f'| {name} | {1e3 * med:.0f} ({1e3 * min(times):.0f}-{1e3 * max(times):.0f}) | '
+          f'{work / med:.0f} | {base / med:.2f}x |')
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--length', type=int, default=48)
+  parser.add_argument('--rounds', type=int, default=5)
+  args = parser.parse_args()
+  config = transformer_config.get_config()
+  config.update_from_flattened_dict({'batch_size': args.batch, 'model.dropout_rate': 0.0})
+  m = config.model
+  rng = np.random.default_rng(0)
+  vocab = train.Trainer(config).task.model.vocab_size
+  data = batch_of(rng, args.batch, args.length, args.length, vocab)
+  ours_step, trainer = ours_train(config, data)
+  torch_step = torch_train(m, vocab, data)
+
+  params = trainer.initial_state()['params']
+  model = trainer.task.model
+  source = jnp.asarray(data['source'])
+  cached = jax.jit(lambda p, s: decoding.greedy(model, p, s, max_length=args.length, bos_id=1,
+                                                eos_id=-1)[0])
+  uncached = jax.jit(lambda p, s: uncached_greedy(model, p, s, args.length, 1, -1))
+  decode = {'cached': lambda: jax.block_until_ready(cached(params, source)),
+            'uncached': lambda: jax.block_until_ready(uncached(params, source))}
+  runs = {'ours': ours_step, 'torch': torch_step, **decode}
+  for fn in list(runs.values()) * 2:  # Warm-up (and compilation).
+    fn()
+  times = {k: [] for k in runs}
+  for _ in range(args.rounds):
+    for k, fn in runs.items():
+      times[k].append(timed(fn))
+  tokens = args.batch * args.length
+  print(f'd_model {m.d_model}, {m.num_layers}+{m.num_layers} layers, d_ff {m.d_ff}, '
+        f'{m.num_heads} heads, vocab {vocab}, batch {args.batch}, source and target length '
+        f'{args.length}, float32, {args.rounds} alternating rounds')
+  table('Training step (AdamW, forward + backward + update)', 'target tokens/s',
+        [('vit_jax (JAX/Flax)', times['ours']), ('torch.nn.Transformer', times['torch'])],
+        tokens)
+  table('Greedy decoding of the whole batch (EOS disabled: every step decodes)',
+        'generated tokens/s',
+        [('ours, key/value cache', times['cached']), ('ours, no cache', times['uncached'])],
+        tokens)
+
+
+if __name__ == '__main__':
+  main()
