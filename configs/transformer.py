@@ -22,7 +22,8 @@ def get_config(arg=''):
       attention_dropout_rate=0.0, norm_first=False, share_embeddings=True,
       learned_positions=False, max_length=64))
   c.data = ml_collections.ConfigDict(dict(
-      name='numbers', source_lang='en', target_lang='de', max_value=9999, train_split='train',
+      name='numbers', data_dir='', source_lang='en', target_lang='de', max_value=9999,
+      train_split='train',
       eval_split='test', max_source_length=48, max_target_length=44, num_threads=2))
   c.bleu_tokenize = 'char'  # sacreBLEU tokenizer: German number words are single words.
   c.total_steps = 1000

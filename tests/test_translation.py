@@ -75,3 +75,32 @@ def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
   for beam_size in (1, 3):
     out = trainer.task.translate_texts(restored['params'], ['twenty-four', 'seven'], beam_size)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def test_parallel_files_tsv_and_jsonl(tmp_path):
+  (tmp_path / 'train.tsv').write_text('eins\tone\nzwei\ttwo\n\n', encoding='utf-8')
+  (tmp_path / 'test.jsonl').write_text('{"source": "drei", "target": "three"}\n',
+                                       encoding='utf-8')
+  train_pairs = translation.ParallelFile(str(tmp_path), 'train')
+  assert train_pairs.pairs == [('eins', 'one'), ('zwei', 'two')]
+  assert translation.ParallelFile(str(tmp_path), 'test')[0] == {
+      'source': 'drei', 'target': 'three', 'index': 0}
+  with pytest.raises(ValueError, match="No parallel file for split 'valid'"):
+    translation.ParallelFile(str(tmp_path), 'valid')
+  (tmp_path / 'bad.tsv').write_text('eins\tone\nzwei two\n', encoding='utf-8')
+  with pytest.raises(ValueError, match=r"bad.tsv:2: expected source<TAB>target, got 'zwei two'"):
+    translation.ParallelFile(str(tmp_path), 'bad')
+
+
+def test_training_on_parallel_files(tmp_path):
+  data = tmp_path / 'data'
+  data.mkdir()
+  words = ['null', 'eins', 'zwei', 'drei', 'vier', 'fünf', 'sechs', 'sieben']
+  english = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven']
+  (data / 'train.tsv').write_text(''.join(f'{d}\t{e}\n' for d, e in zip(words, english)))
+  (data / 'test.tsv').write_text(''.join(f'{d}\t{e}\n' for d, e in zip(words[:3], english)))
+  config = transformer_config.get_config('tiny')
+  config.update_from_flattened_dict({'data.name': 'files', 'data.data_dir': str(data),
+                                     'total_steps': 2, 'eval_every': 2})
+  _, result = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert result['count'] == 3

@@ -1,4 +1,4 @@
-"""Parallel text: the embedded number-words task and fixed-length token batches.
+"""Parallel text: the embedded number-words task, TSV/JSONL files, fixed-length token batches.
 
 'numbers': integers 0..max_value written out by `num2words` in two languages, e.g.
 English → German "twenty-four" → "vierundzwanzig" (reordering and compounding). The values are
@@ -38,6 +38,46 @@ def pad_tokens(ids, length, side, example):
     raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
                      f'than data.max_{side}_length={length}: {example[side]!r}')
   return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
+
+
+class ParallelFile:
+  """`data_dir/<split>.tsv` (source<TAB>target a line) or `data_dir/<split>.jsonl`
+  ({"source": ..., "target": ...} a line)."""
+
+  def __init__(self, data_dir, split):
+    import json
+    import pathlib
+    paths = [pathlib.Path(data_dir) / f'{split}.{ext}' for ext in ('tsv', 'jsonl')]
+    path = next((p for p in paths if p.exists()), None)
+    if path is None:
+      raise ValueError(f'No parallel file for split {split!r}: expected {paths[0]} or '
+                       f'{paths[1]}.')
+    expected = ('source<TAB>target' if path.suffix == '.tsv' else
+                'a JSON object with "source" and "target"')
+    self.pairs = []
+    with open(path, encoding='utf-8') as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          if path.suffix == '.tsv':
+            source, target = line.rstrip('\n').split('\t')
+          else:
+            row = json.loads(line)
+            source, target = row['source'], row['target']
+        except (ValueError, KeyError, TypeError) as e:
+          raise ValueError(f'{path}:{number}: expected {expected}, got {line.strip()[:80]!r} '
+                           f'({e!r})') from None
+        self.pairs.append((source, target))
+    if not self.pairs:
+      raise ValueError(f'{path} holds no sentence pairs.')
+
+  def __len__(self):
+    return len(self.pairs)
+
+  def __getitem__(self, i):
+    source, target = self.pairs[i]
+    return {'source': source, 'target': target, 'index': i}
 
 
 class Encode:

@@ -16,7 +16,10 @@ from vit_jax.tasks import classification
 def make_source(c, split):
   if c.name == 'numbers':
     return data.NumberWords(split, c.source_lang, c.target_lang, c.max_value)
-  raise ValueError(f"Unknown data.name {c.name!r} for translation; expected 'numbers'.")
+  if c.name == 'files':
+    return data.ParallelFile(c.data_dir, split)
+  raise ValueError(f"Unknown data.name {c.name!r} for translation; expected 'numbers' or "
+                   "'files'.")
 
 
 class Preprocess(data.Encode):
