@@ -68,20 +68,6 @@ def torch_train(m, vocab, data):
   return step
 
 
-def uncached_greedy(model, params, source, max_length, bos, eos):
-  """Greedy decoding that re-runs the decoder on the whole (padded) prefix every step."""
-  memory, _ = model.apply({'params': params}, source, method=model.encode)
-
-  def body(t, tokens):
-    logits, _ = model.apply({'params': params}, memory, source, tokens[:, :-1],
-                            method=model.decode_logits)
-    next_token = logits[jnp.arange(tokens.shape[0]), t].at[:, 0].set(-1e9).argmax(-1)
-    return tokens.at[:, t + 1].set(next_token)
-
-  tokens = jnp.zeros((source.shape[0], max_length + 1), jnp.int32).at[:, 0].set(bos)
-  return jax.lax.fori_loop(0, max_length, body, tokens)[:, 1:]
-
-
 def timed(fn):
   t = time.perf_counter()
   fn()
@@ -119,7 +105,8 @@ def main():
   source = jnp.asarray(data['source'])
   cached = jax.jit(lambda p, s: decoding.greedy(model, p, s, max_length=args.length, bos_id=1,
                                                 eos_id=-1)[0])
-  uncached = jax.jit(lambda p, s: uncached_greedy(model, p, s, args.length, 1, -1))
+  uncached = jax.jit(lambda p, s: decoding.greedy_without_cache(
+      model, p, s, max_length=args.length, bos_id=1, eos_id=-1)[0])
   decode = {'cached': lambda: jax.block_until_ready(cached(params, source)),
             'uncached': lambda: jax.block_until_ready(uncached(params, source))}
   runs = {'ours': ours_step, 'torch': torch_step, **decode}

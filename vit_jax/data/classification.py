@@ -9,7 +9,6 @@ Sources are random-access (`len`, `[i]` → {'image': uint8 [H, W, C], 'label': 
 """
 import dataclasses
 import pathlib
-from typing import Any, Callable
 
 import numpy as np
 import scipy.ndimage

@@ -4,7 +4,7 @@
 DETR). Positions given as `pos`/`query_pos` are added to queries and keys only (DETR §3.2);
 the Transformer and ViT add theirs to the input instead and pass None.
 """
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

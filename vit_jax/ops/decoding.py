@@ -5,7 +5,6 @@ Both are pure functions of (params, source) built on `Transformer.encode` and
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 NEG_INF = -1e9
 
@@ -56,20 +55,23 @@ def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
 
 
 def greedy_without_cache(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
-  """Reference: re-runs the full decoder on the whole prefix at every step (slow)."""
+  """Reference for tests and benchmarks: re-runs the decoder on the whole prefix at every
+  step. Returns (tokens [B, max_length], scores [B]) like `greedy`."""
+  memory, _ = model.apply({'params': params}, source, method=model.encode)
   batch = source.shape[0]
-  prefix = np.full((batch, max_length + 1), pad_id)
-  prefix[:, 0] = bos_id
-  scores, done = np.zeros(batch), np.zeros(batch, bool)
-  for t in range(max_length):
-    logits, _ = model.apply({'params': params}, source, jnp.asarray(prefix[:, :t + 1]))
-    logp = np.asarray(jax.nn.log_softmax(logits[:, t].at[:, pad_id].set(NEG_INF)))
-    token = np.where(done, pad_id, logp.argmax(-1))
-    scores += np.where(done, 0.0, logp.max(-1))
-    prefix[:, t + 1] = token
-    done |= token == eos_id
-    if done.all():
-      break
+
+  def body(t, state):
+    prefix, scores, done = state
+    logits, _ = model.apply({'params': params}, memory, source, prefix[:, :-1],
+                            method=model.decode_logits)
+    logp = jax.nn.log_softmax(logits[:, t].at[:, pad_id].set(NEG_INF))
+    token = jnp.where(done, pad_id, logp.argmax(-1))
+    scores = scores + jnp.where(done, 0.0, logp.max(-1))
+    return prefix.at[:, t + 1].set(token), scores, done | (token == eos_id)
+
+  prefix = jnp.full((batch, max_length + 1), pad_id).at[:, 0].set(bos_id)
+  state = (prefix, jnp.zeros(batch), jnp.zeros(batch, bool))
+  prefix, scores, _ = jax.lax.fori_loop(0, max_length, body, state)
   return prefix[:, 1:], scores
 
 

@@ -1,6 +1,5 @@
 """Image classification with a Vision Transformer: data, loss, metrics, fine-tuning."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
