@@ -104,7 +104,7 @@ def main():
   model = trainer.task.model
   source = jnp.asarray(data['source'])
   cached = jax.jit(lambda p, s: decoding.greedy(model, p, s, max_length=args.length, bos_id=1,
-                                                eos_id=-1)[0])
+                                                eos_id=-1, return_attention=False)[0])
   uncached = jax.jit(lambda p, s: decoding.greedy_without_cache(
       model, p, s, max_length=args.length, bos_id=1, eos_id=-1)[0])
   decode = {'cached': lambda: jax.block_until_ready(cached(params, source)),

@@ -31,13 +31,31 @@ def test_cached_greedy_equals_uncached():
 
 def test_beam_size_one_equals_greedy():
   model, params, source = setup()
-  tokens, scores, _ = decoding.greedy(model, params, source, max_length=8, bos_id=BOS,
-                                      eos_id=EOS)
-  beams, beam_scores = jax.jit(lambda p, s: decoding.beam_search(
-      model, p, s, beam_size=1, max_length=8, bos_id=BOS, eos_id=EOS, alpha=0.0))(
-          params, source)
+  tokens, scores, attention = decoding.greedy(model, params, source, max_length=8, bos_id=BOS,
+                                              eos_id=EOS)
+  beams, beam_scores, beam_attention = jax.jit(lambda p, s: decoding.beam_search(
+      model, p, s, beam_size=1, max_length=8, bos_id=BOS, eos_id=EOS, alpha=0.0,
+      return_attention=True))(params, source)
   np.testing.assert_array_equal(beams[:, 0], tokens)
   np.testing.assert_allclose(beam_scores[:, 0], scores, atol=1e-4)
+  np.testing.assert_allclose(beam_attention[:, 0], attention, atol=1e-5)
+
+
+def test_beam_attention_follows_its_beam():
+  """Each returned beam's cross-attention is the one the decoder computes for that beam's
+  tokens under teacher forcing."""
+  model, params, source = setup()
+  beams, _, attention = decoding.beam_search(model, params, source, beam_size=3, max_length=6,
+                                             bos_id=BOS, eos_id=EOS, return_attention=True)
+  assert attention.shape == (3, 3, 6, 2, 4, 6)
+  for k in range(3):
+    target_in = np.concatenate([np.full((3, 1), BOS), np.asarray(beams[:, k, :-1])], axis=1)
+    _, aux = model.apply({'params': params}, source, target_in)
+    forced = np.stack([layer['cross'] for layer in aux['decoder']['attention']], axis=2)
+    for row in range(3):  # Compare up to and including EOS.
+      length = next((i + 1 for i, t in enumerate(beams[row, k]) if t == EOS), 6)
+      np.testing.assert_allclose(attention[row, k, :length],
+                                 forced[row].transpose(2, 1, 0, 3)[:length], atol=1e-5)
 
 
 def test_wide_beam_finds_the_exact_optimum():
@@ -48,7 +66,7 @@ def test_wide_beam_finds_the_exact_optimum():
   source = np.array([[3, 4, 3, 0], [4, 4, 3, 3]])
   params = model.init(jax.random.key(3), source, source)['params']
   params['embedding']['embedding'] = params['embedding']['embedding'] * 8.0  # Peakier.
-  beams, scores = decoding.beam_search(model, params, source, beam_size=vocab ** 2,
+  beams, scores, _ = decoding.beam_search(model, params, source, beam_size=vocab ** 2,
                                        max_length=max_length, bos_id=BOS, eos_id=EOS,
                                        alpha=alpha)
   # Brute force over every sequence of non-pad tokens, cut at the first EOS.
@@ -57,12 +75,14 @@ def test_wide_beam_finds_the_exact_optimum():
   for seq in itertools.product(range(1, vocab), repeat=max_length):
     cut = seq.index(EOS) + 1 if EOS in seq else max_length
     candidates.add(seq[:cut])
+  candidates = sorted(candidates)
+  # Causal decoder: position i's logits see only the prefix, so filler after a short
+  # sequence (token 3) changes nothing that is summed.
+  target_in = np.array([[BOS, *seq[:-1]] + [3] * (max_length - len(seq)) for seq in candidates])
   for row in range(2):
-    best = -np.inf
-    for seq in candidates:
-      target_in = np.array([[BOS, *seq[:-1]]])
-      logits, _ = model.apply({'params': params}, source[row:row + 1], target_in)
-      logp = jax.nn.log_softmax(logits[0].at[:, 0].set(decoding.NEG_INF))
-      total = float(sum(logp[i, s] for i, s in enumerate(seq)))
-      best = max(best, total / decoding.length_penalty(len(seq), alpha))
+    logits, _ = model.apply({'params': params}, np.repeat(source[row:row + 1], len(candidates), 0),
+                            target_in)
+    logp = np.asarray(jax.nn.log_softmax(logits.at[:, :, 0].set(decoding.NEG_INF)))
+    best = max(sum(logp[n, i, t] for i, t in enumerate(seq)) /
+               decoding.length_penalty(len(seq), alpha) for n, seq in enumerate(candidates))
     np.testing.assert_allclose(scores[row, 0], best, atol=1e-4)

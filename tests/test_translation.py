@@ -26,8 +26,82 @@ def test_char_tokenizer_roundtrip(tmp_path):
   ids = tok.encode('cab?')
   assert ids[-1] == tokenizers.UNK and tok.vocab_size == 4 + 4
   assert tok.decode(tok.encode('abc') + [tokenizers.EOS, 5, 6]) == 'abc'
-  tok.save(str(tmp_path / 't.json'))
-  assert tokenizers.CharTokenizer.load(str(tmp_path / 't.json')).chars == tok.chars
+  tokenizers.save(tok, str(tmp_path / 't.json'))
+  assert tokenizers.load(str(tmp_path / 't.json')).chars == tok.chars
+
+
+def test_sentencepiece_is_trained_offline_and_saved_with_its_model(tmp_path):
+  texts = [t for pair in translation.NumberWords('train', max_value=299).pairs for t in pair]
+  tok = tokenizers.train('sentencepiece', texts, vocab_size=120)
+  ids = tok.encode('two hundred and forty-one')
+  assert len(ids) < len('two hundred and forty-one')  # Sub-words, not characters.
+  assert min(ids) > tokenizers.UNK and tok.vocab_size <= 120
+  assert tok.decode([tokenizers.BOS] + ids + [tokenizers.EOS, 9, 9]) == (
+      'two hundred and forty-one')
+  tokenizers.save(tok, str(tmp_path / 'tokenizer.json'))
+  loaded = tokenizers.load(str(tmp_path / 'tokenizer.json'))
+  assert loaded.encode('zweihundertvierzig') == tok.encode('zweihundertvierzig')
+  with pytest.raises(ValueError, match="Unknown tokenizer 'bpe'; expected one of"):
+    tokenizers.train('bpe', texts)
+
+
+def test_dates_are_real_locale_text_and_split_by_value():
+  splits = {s: translation.Dates(s, num_dates=500) for s in ('train', 'validation', 'test')}
+  assert [len(d) for d in splits.values()] == [400, 50, 50]
+  assert not set(splits['train'].values.tolist()) & set(splits['test'].values.tolist())
+  import datetime
+  from babel import dates
+  for source, target in splits['test'].pairs:
+    day = datetime.date.fromisoformat(target)
+    assert source in [dates.format_date(day, format=f, locale='es') for f in
+                      ('full', 'long', 'medium')]
+  assert any(' de ' in s for s, _ in splits['train'].pairs)  # e.g. '23 de junio de 2083'
+
+
+def make_tfds_translation(data_dir):
+  """A tiny TFDS translation dataset, built here (no download, no TensorFlow)."""
+  import tensorflow_datasets as tfds
+
+  class TinyTranslate(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.Translation(
+          languages=('de', 'en')))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(6),
+              'validation': self._generate_examples(3)}
+
+    def _generate_examples(self, n):
+      for i, (de, en) in enumerate(zip(['null', 'eins', 'zwei', 'drei', 'vier', 'fünf'][:n],
+                                       ['zero', 'one', 'two', 'three', 'four', 'five'])):
+        yield i, {'de': de, 'en': en}
+
+  TinyTranslate(data_dir=data_dir, file_format='array_record').download_and_prepare()
+  return 'tiny_translate'
+
+
+def test_tfds_translation_source_with_sentencepiece(tmp_path):
+  name = make_tfds_translation(str(tmp_path / 'tfds'))
+  source = translation.Tfds(name, 'train', str(tmp_path / 'tfds'), 'en', 'de')
+  assert len(source) == 6 and {source[i]['target'] for i in range(6)} >= {'fünf', 'null'}
+  with pytest.raises(ValueError, match=r"TFDS dataset 'tiny_translate' has no language 'fr'; "
+                                       r"it has \['de', 'en'\]"):
+    translation.Tfds(name, 'train', str(tmp_path / 'tfds'), 'en', 'fr')
+  config = transformer_config.get_config('tiny')
+  config.update_from_flattened_dict({
+      'data.name': 'tfds', 'data.tfds_name': name, 'data.data_dir': str(tmp_path / 'tfds'),
+      'data.eval_split': 'validation', 'data.tokenizer': 'sentencepiece', 'data.vocab_size': 40})
+  task = task_lib.TranslationTask(config, str(tmp_path / 'work'))
+  _, eval_source, preprocess = task.datasets()
+  assert len(eval_source) == 3
+  german = dict(zero='null', one='eins', two='zwei')
+  for i in range(3):
+    example = preprocess.eval(eval_source[i])
+    english = task.tokenizer.decode(example['source'])
+    assert task.tokenizer.decode(example['target_out']) == german[english]
+  assert tokenizers.load(str(tmp_path / 'work' / 'tokenizer.json')).vocab_size <= 40
 
 
 def test_encode_shifts_targets_and_names_overlong_examples():
@@ -69,7 +143,7 @@ def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
             if 'train/loss' in r]
   assert losses[-1] < 0.7 * losses[0]
   assert (tmp_path / 'tokenizer.json').exists() and (tmp_path / 'alignment.png').exists()
-  saved = tokenizers.CharTokenizer.load(str(tmp_path / 'tokenizer.json'))
+  saved = tokenizers.load(str(tmp_path / 'tokenizer.json'))
   trainer, restored, step = train.restore_latest(config, str(tmp_path))
   assert step == 60 and trainer.task.tokenizer.chars == saved.chars
   for beam_size in (1, 3):
@@ -92,7 +166,7 @@ def test_parallel_files_tsv_and_jsonl(tmp_path):
     translation.ParallelFile(str(tmp_path), 'bad')
 
 
-def test_training_on_parallel_files(tmp_path):
+def test_training_on_packed_parallel_files(tmp_path):
   data = tmp_path / 'data'
   data.mkdir()
   words = ['null', 'eins', 'zwei', 'drei', 'vier', 'fünf', 'sechs', 'sieben']
@@ -101,6 +175,29 @@ def test_training_on_parallel_files(tmp_path):
   (data / 'test.tsv').write_text(''.join(f'{d}\t{e}\n' for d, e in zip(words[:3], english)))
   config = transformer_config.get_config('tiny')
   config.update_from_flattened_dict({'data.name': 'files', 'data.data_dir': str(data),
-                                     'total_steps': 2, 'eval_every': 2})
+                                     'data.pack': True, 'total_steps': 2, 'eval_every': 2})
   _, result = train.train_and_evaluate(config, str(tmp_path / 'work'))
   assert result['count'] == 3
+
+
+def test_packed_rows_give_the_same_loss_as_one_pair_a_row():
+  config = transformer_config.get_config('tiny')
+  config.update_from_flattened_dict({'data.max_value': 99, 'label_smoothing': 0.1,
+                                     'model.dropout_rate': 0.0})
+  task = task_lib.TranslationTask(config)
+  encode = task_lib.Preprocess(task.tokenizer, 48, 44)
+  pairs = translation.Pairs()
+  pairs.pairs = task.train_source.pairs[:12]
+  packed = translation.Packed(pairs, encode, seed=3)
+  assert len(packed) < 12 and sorted(i for row in packed.rows for i in row) == list(range(12))
+  rows = [packed[r] for r in range(len(packed))]
+  # No token lost or duplicated, and segments restart their positions.
+  assert sum((r['target_segments'] > 0).sum() for r in rows) == sum(
+      (encode(pairs[i])['target_out'] > 0).sum() for i in range(12))
+  packed_batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  plain_batch = {k: np.stack([encode(pairs[i])[k] for i in range(12)])
+                 for k in ('source', 'target_in', 'target_out')}
+  params = task.init(jax.random.key(0), plain_batch)
+  plain, _ = task.loss_fn(params, plain_batch, jax.random.key(1))
+  packed_loss, _ = task.loss_fn(params, packed_batch, jax.random.key(1))
+  np.testing.assert_allclose(packed_loss, plain, rtol=1e-5)

@@ -14,6 +14,8 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from vit_jax.data import tfds_source
+
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
@@ -42,19 +44,8 @@ class Tfds:
   """A prepared TFDS dataset read with `tfds.data_source` (random access, no TensorFlow)."""
 
   def __init__(self, name, split, data_dir, image_key='image', label_key='label'):
-    import tensorflow_datasets as tfds
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises several types for a missing dataset.
-      raise ValueError(f'TFDS dataset {name!r} not found in data_dir={data_dir!r}: {e}') from e
-    if not builder.is_prepared():
-      raise ValueError(f'TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}; '
-                       'prepare it there first (this code never downloads).')
-    if split not in builder.info.splits:
-      raise ValueError(f'Split {split!r} not found for TFDS dataset {name!r}; available: '
-                       f'{sorted(builder.info.splits)}.')
-    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
-    self.num_classes = builder.info.features[label_key].num_classes
+    self.source, info = tfds_source.open_split(name, split, data_dir)
+    self.num_classes = info.features[label_key].num_classes
     self.image_key, self.label_key = image_key, label_key
 
   def __len__(self):

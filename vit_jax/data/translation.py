@@ -1,28 +1,36 @@
-"""Parallel text: the embedded number-words task, TSV/JSONL files, fixed-length token batches.
+"""Parallel text sources, and fixed-length token rows (one pair a row, or several packed).
 
-'numbers': integers 0..max_value written out by `num2words` in two languages, e.g.
-English → German "twenty-four" → "vierundzwanzig" (reordering and compounding). The values are
-shuffled with a fixed seed and split 80/10/10 into train/validation/test: no number is in two
-splits. Real language, generated offline.
+Sources are random-access: `len`, `[i]` → {'source': str, 'target': str, 'index': i}.
+- 'numbers': integers 0..max_value written out by `num2words` in two languages, e.g.
+  English → German "twenty-four" → "vierundzwanzig" (reordering and compounding).
+- 'dates': dates written by `babel` in a locale's full/long/medium style → ISO 8601, e.g.
+  "23 de junio de 2083" → "2083-06-23".
+- 'files': `data_dir/<split>.tsv` or `.jsonl`;  'tfds': a translation dataset prepared in
+  `data_dir` (e.g. 'wmt14_translate/de-en').
+The embedded tasks are generated offline with a fixed seed and split 80/10/10 by value, so no
+number or date is in two splits.
 """
+import datetime
+
 import numpy as np
 
+from vit_jax.data import tfds_source
 from vit_jax.data import tokenizers
 
 SPLITS = {'train': (0.0, 0.8), 'validation': (0.8, 0.9), 'test': (0.9, 1.0)}
 
 
-class NumberWords:
+def _split_values(values, split, name, seed):
+  if split not in SPLITS:
+    raise ValueError(f'Unknown split {split!r} for {name!r}; expected one of {list(SPLITS)}.')
+  values = np.random.default_rng(seed).permutation(values)
+  lo, hi = (int(round(f * len(values))) for f in SPLITS[split])
+  return values[lo:hi]
 
-  def __init__(self, split, source_lang='en', target_lang='de', max_value=9999, seed=0):
-    from num2words import num2words
-    if split not in SPLITS:
-      raise ValueError(f"Unknown split {split!r} for 'numbers'; expected one of {list(SPLITS)}.")
-    values = np.random.default_rng(seed).permutation(max_value + 1)
-    lo, hi = (int(round(f * len(values))) for f in SPLITS[split])
-    self.values = values[lo:hi]
-    self.pairs = [(num2words(int(v), lang=source_lang), num2words(int(v), lang=target_lang))
-                  for v in self.values]
+
+class Pairs:
+  """A list of (source, target) strings as a random-access source."""
+  pairs = ()
 
   def __len__(self):
     return len(self.pairs)
@@ -32,15 +40,61 @@ class NumberWords:
     return {'source': source, 'target': target, 'index': i}
 
 
-def pad_tokens(ids, length, side, example):
-  """ids padded to `length`; an over-long example is an error naming it."""
-  if len(ids) > length:
-    raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
-                     f'than data.max_{side}_length={length}: {example[side]!r}')
-  return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
+class NumberWords(Pairs):
+
+  def __init__(self, split, source_lang='en', target_lang='de', max_value=9999, seed=0):
+    from num2words import num2words
+    self.values = _split_values(np.arange(max_value + 1), split, 'numbers', seed)
+    self.pairs = [(num2words(int(v), lang=source_lang), num2words(int(v), lang=target_lang))
+                  for v in self.values]
 
 
-class ParallelFile:
+class Dates(Pairs):
+  """`num_dates` distinct days between `first_year` and `last_year`; each written in one of
+  the locale's styles (chosen with the seed) → 'YYYY-MM-DD'."""
+  STYLES = ('full', 'long', 'medium')
+
+  def __init__(self, split, locale='es', num_dates=20000, first_year=1900, last_year=2099,
+               seed=0):
+    from babel import dates
+    first = datetime.date(first_year, 1, 1).toordinal()
+    days = datetime.date(last_year, 12, 31).toordinal() - first + 1
+    if not 10 <= num_dates <= days:
+      raise ValueError(f'data.num_dates={num_dates} must be between 10 and the {days} days of '
+                       f'{first_year}..{last_year}.')
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(days, num_dates, replace=False) + first
+    styles = dict(zip(chosen.tolist(), rng.choice(self.STYLES, num_dates).tolist()))
+    self.values = _split_values(chosen, split, 'dates', seed)
+    self.pairs = []
+    for ordinal in self.values.tolist():
+      day = datetime.date.fromordinal(ordinal)
+      text = dates.format_date(day, format=styles[ordinal], locale=locale)
+      self.pairs.append((text, day.isoformat()))
+
+
+class Tfds:
+  """A TFDS translation dataset in `data_dir` whose examples hold one text per language."""
+
+  def __init__(self, name, split, data_dir, source_lang, target_lang):
+    self.source, info = tfds_source.open_split(name, split, data_dir)
+    languages = sorted(info.features.keys())
+    for lang in (source_lang, target_lang):
+      if lang not in languages:
+        raise ValueError(f'TFDS dataset {name!r} has no language {lang!r}; it has {languages}.')
+    self.source_lang, self.target_lang = source_lang, target_lang
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    example = self.source[i]
+    text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
+    return {'source': text(example[self.source_lang]),
+            'target': text(example[self.target_lang]), 'index': i}
+
+
+class ParallelFile(Pairs):
   """`data_dir/<split>.tsv` (source<TAB>target a line) or `data_dir/<split>.jsonl`
   ({"source": ..., "target": ...} a line)."""
 
@@ -72,12 +126,22 @@ class ParallelFile:
     if not self.pairs:
       raise ValueError(f'{path} holds no sentence pairs.')
 
-  def __len__(self):
-    return len(self.pairs)
 
-  def __getitem__(self, i):
-    source, target = self.pairs[i]
-    return {'source': source, 'target': target, 'index': i}
+def sample_texts(source, limit):
+  """Source and target texts of up to `limit` evenly spaced pairs (tokenizer training)."""
+  indices = np.linspace(0, len(source) - 1, min(limit, len(source))).astype(int)
+  for i in dict.fromkeys(indices.tolist()):
+    example = source[i]
+    yield example['source']
+    yield example['target']
+
+
+def pad_tokens(ids, length, side, example):
+  """ids padded to `length`; an over-long example is an error naming it."""
+  if len(ids) > length:
+    raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
+                     f'than data.max_{side}_length={length}: {example[side]!r}')
+  return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
 
 
 class Encode:
@@ -87,13 +151,68 @@ class Encode:
     self.tokenizer = tokenizer
     self.max_source_length, self.max_target_length = max_source_length, max_target_length
 
+  def tokens(self, example):
+    """→ (source ids, target ids + EOS), unpadded."""
+    return (self.tokenizer.encode(example['source']),
+            self.tokenizer.encode(example['target']) + [tokenizers.EOS])
+
   def __call__(self, example, rng=None):
-    src = self.tokenizer.encode(example['source'])
-    tgt = self.tokenizer.encode(example['target'])
+    src, tgt = self.tokens(example)
     return {
         'source': pad_tokens(src, self.max_source_length, 'source', example),
-        'target_in': pad_tokens([tokenizers.BOS] + tgt, self.max_target_length, 'target', example),
-        'target_out': pad_tokens(tgt + [tokenizers.EOS], self.max_target_length, 'target',
+        'target_in': pad_tokens([tokenizers.BOS] + tgt[:-1], self.max_target_length, 'target',
                                 example),
+        'target_out': pad_tokens(tgt, self.max_target_length, 'target', example),
         'index': np.int32(example['index']),
     }
+
+
+class Packed:
+  """Training pairs packed into rows of max_source_length / max_target_length tokens, with
+  segment ids (1, 2, … per pair; 0 on padding) and positions restarting at 0 for each pair.
+
+  Packed once, first-fit over up to `open_rows` partly filled rows, in an order shuffled with
+  `seed`; the trainer then shuffles the rows every epoch. Each row is one training "example".
+  """
+
+  def __init__(self, source, encode, seed=0, open_rows=16):
+    self.encode = encode
+    self.tokens = []
+    for i in range(len(source)):
+      example = source[i]
+      src, tgt = encode.tokens(example)
+      pad_tokens(src, encode.max_source_length, 'source', example)  # Length checks.
+      pad_tokens(tgt, encode.max_target_length, 'target', example)
+      self.tokens.append((src, tgt))
+    self.rows, partial = [], []  # partial: [source used, target used, members]
+    for i in np.random.default_rng(seed).permutation(len(self.tokens)).tolist():
+      s, t = (len(x) for x in self.tokens[i])
+      row = next((r for r in partial if r[0] + s <= encode.max_source_length and
+                  r[1] + t <= encode.max_target_length), None)
+      if row is None:
+        row = [0, 0, []]
+        partial.append(row)
+        if len(partial) > open_rows:
+          self.rows.append(partial.pop(0)[2])
+      row[0], row[1] = row[0] + s, row[1] + t
+      row[2].append(i)
+    self.rows.extend(r[2] for r in partial)
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, r):
+    parts = {k: [] for k in ('source', 'source_segments', 'source_positions', 'target_in',
+                             'target_out', 'target_segments', 'target_positions')}
+    for segment, i in enumerate(self.rows[r], 1):
+      src, tgt = self.tokens[i]
+      parts['source'] += src
+      parts['source_segments'] += [segment] * len(src)
+      parts['source_positions'] += list(range(len(src)))
+      parts['target_in'] += [tokenizers.BOS] + tgt[:-1]
+      parts['target_out'] += tgt
+      parts['target_segments'] += [segment] * len(tgt)
+      parts['target_positions'] += list(range(len(tgt)))
+    length = lambda k: (self.encode.max_source_length if k.startswith('source') else
+                        self.encode.max_target_length)
+    return {k: np.asarray(v + [0] * (length(k) - len(v)), np.int32) for k, v in parts.items()}

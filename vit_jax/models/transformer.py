@@ -74,24 +74,33 @@ class Transformer(nn.Module):
     x = x + jnp.take(self.positions, positions, axis=0).astype(x.dtype)
     return self.dropout(x, deterministic=not train)
 
-  def encode(self, source, *, train=False):
-    """source [B, S] → (memory [B, S, D], aux)."""
-    positions = jnp.arange(source.shape[1])[None]
+  def encode(self, source, *, segments=None, positions=None, train=False):
+    """source [B, S] → (memory [B, S, D], aux). Packed rows pass `segments` (ids from 1, 0 on
+    padding) and per-segment `positions`, so packed sentences never see each other."""
+    if positions is None:
+      positions = jnp.arange(source.shape[1])[None]
     x = self._embed(self.embed, source, positions, train)
-    mask = masks.key_padding_mask(source != self.pad_id)
+    mask = (masks.key_padding_mask(source != self.pad_id) if segments is None else
+            masks.segment_mask(segments, segments))
     return self.encoder(x, mask=mask, deterministic=not train)
 
-  def decode_logits(self, memory, source, target_in, *, positions=None, train=False):
+  def decode_logits(self, memory, source, target_in, *, positions=None, source_segments=None,
+                    target_segments=None, train=False):
     """Teacher forcing (target_in [B, T] = target shifted right) or, with `decode=True`, one
     step at a time (target_in [B, 1] at `positions` [B, 1]). → (logits [B, T, V], aux)."""
     if positions is None:
       positions = jnp.arange(target_in.shape[1])[None]
     table = self.embed if self.share_embeddings else self.target_embed
     y = self._embed(table, target_in, positions, train)
-    cross_mask = masks.key_padding_mask(source != self.pad_id)
-    # While decoding, the cache masks the future; the current token is never padding.
-    self_mask = None if self.decode else masks.combine(
-        masks.causal_mask(target_in.shape[1]), masks.key_padding_mask(target_in != self.pad_id))
+    if target_segments is None:
+      cross_mask = masks.key_padding_mask(source != self.pad_id)
+      # While decoding, the cache masks the future; the current token is never padding.
+      self_mask = None if self.decode else masks.combine(
+          masks.causal_mask(target_in.shape[1]), masks.key_padding_mask(target_in != self.pad_id))
+    else:
+      cross_mask = masks.segment_mask(target_segments, source_segments)
+      self_mask = masks.combine(masks.causal_mask(target_in.shape[1]),
+                                masks.segment_mask(target_segments, target_segments))
     y, aux = self.decoder(y, memory, self_mask=self_mask, cross_mask=cross_mask,
                           deterministic=not train)
     if self.share_embeddings:
@@ -100,7 +109,11 @@ class Transformer(nn.Module):
       logits = self.output(y)
     return logits.astype(jnp.float32), aux
 
-  def __call__(self, source, target_in, *, train=False):
-    memory, enc_aux = self.encode(source, train=train)
-    logits, dec_aux = self.decode_logits(memory, source, target_in, train=train)
+  def __call__(self, source, target_in, *, source_segments=None, target_segments=None,
+               source_positions=None, target_positions=None, train=False):
+    memory, enc_aux = self.encode(source, segments=source_segments, positions=source_positions,
+                                  train=train)
+    logits, dec_aux = self.decode_logits(
+        memory, source, target_in, positions=target_positions, source_segments=source_segments,
+        target_segments=target_segments, train=train)
     return logits, {'encoder': enc_aux, 'decoder': dec_aux, 'memory': memory}

@@ -30,9 +30,10 @@ def step_logits(decoder, params, cache, memory, source, token, position):
   return jax.nn.log_softmax(logits), updated['cache'], cross
 
 
-def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
+def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0,
+           return_attention=True):
   """Returns (tokens [B, max_length] without BOS, padded after EOS; log-prob scores [B];
-  cross-attention [B, max_length, L, H, S] of each emitted token)."""
+  cross-attention [B, max_length, L, H, S] of each emitted token, or None)."""
   memory, _ = model.apply({'params': params}, source, method=model.encode)
   decoder, cache = init_cache(model, params, memory, source, max_length)
   batch = source.shape[0]
@@ -43,15 +44,20 @@ def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
     next_token = jnp.where(done, pad_id, logp.argmax(-1))
     scores = scores + jnp.where(done, 0.0, logp.max(-1))
     out = out.at[:, t].set(next_token)
-    attention = attention.at[:, t].set(jnp.moveaxis(cross, 0, 1))
+    if attention is not None:
+      attention = attention.at[:, t].set(jnp.moveaxis(cross, 0, 1))
     return t + 1, next_token, cache, out, scores, done | (next_token == eos_id), attention
 
-  num_layers = len(cache['decoder'])
   state = (0, jnp.full((batch,), bos_id), cache, jnp.full((batch, max_length), pad_id),
            jnp.zeros(batch), jnp.zeros(batch, bool),
-           jnp.zeros((batch, max_length, num_layers, model.num_heads, source.shape[1])))
+           _empty_attention(model, cache, batch, max_length, source) if return_attention
+           else None)
   state = jax.lax.while_loop(lambda s: (s[0] < max_length) & ~s[5].all(), body, state)
   return state[3], state[4], state[6]
+
+
+def _empty_attention(model, cache, rows, max_length, source):
+  return jnp.zeros((rows, max_length, len(cache['decoder']), model.num_heads, source.shape[1]))
 
 
 def greedy_without_cache(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
@@ -81,60 +87,74 @@ def length_penalty(length, alpha):
 
 
 def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id, alpha=0.6,
-                pad_id=0):
+                pad_id=0, return_attention=False):
   """Batched beam search. Returns (tokens [B, K, max_length] best first, padded after EOS;
-  scores [B, K] = log-prob / length_penalty)."""
+  scores [B, K] = log-prob / length_penalty; cross-attention [B, K, max_length, L, H, S] of
+  each beam's tokens, or None)."""
   batch, k = source.shape[0], beam_size
   memory, _ = model.apply({'params': params}, source, method=model.encode)
   tile = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] → [B*K, ...]
   memory, source = tile(memory), tile(source)
   decoder, cache = init_cache(model, params, memory, source, max_length)
+  split = lambda x: x.reshape((batch, k) + x.shape[1:])  # [B*K, ...] → [B, K, ...]
 
   def gather_beams(tree, origin):  # Leaves [B*K, ...] re-ordered by origin [B, K].
     def gather(x):
       if x.ndim == 0:
         return x
-      x = x.reshape((batch, k) + x.shape[1:])
+      x = split(x)
       return x[jnp.arange(batch)[:, None], origin].reshape((batch * k,) + x.shape[2:])
     return jax.tree.map(gather, tree)
 
+  def keep_best(scores, best, *trees):  # Each leaf [B, N, ...] → its `best` [B, K] entries.
+    pick = lambda x: jnp.take_along_axis(x, best.reshape(best.shape + (1,) * (x.ndim - 2)), 1)
+    return [jax.tree.map(pick, tree) for tree in trees]
+
   def body(state):
-    t, seqs, logp, cache, fin_seqs, fin_scores = state
+    t, seqs, logp, cache, attention, finished = state
     token = jnp.where(t == 0, bos_id, seqs[:, :, jnp.maximum(t - 1, 0)]).reshape(-1)
-    step, cache, _ = step_logits(decoder, params, cache, memory, source, token, t)
+    step, cache, cross = step_logits(decoder, params, cache, memory, source, token, t)
     vocab = step.shape[-1]
     candidates = (logp[:, :, None] + step.reshape(batch, k, vocab)).reshape(batch, k * vocab)
     # The best K continuations; those ending in EOS leave the live set (which may then hold
     # fewer than K real beams), so beam size 1 is exactly greedy decoding.
     top_logp, top_index = jax.lax.top_k(candidates, k)
     origin, new_token = top_index // vocab, top_index % vocab
-    top_seqs = jnp.take_along_axis(seqs, origin[:, :, None], axis=1).at[:, :, t].set(new_token)
+    seqs = jnp.take_along_axis(seqs, origin[:, :, None], axis=1).at[:, :, t].set(new_token)
     ended = new_token == eos_id
     live_logp = jnp.where(ended, NEG_INF, top_logp)
-    seqs = top_seqs
+    if attention is not None:
+      attention = gather_beams(attention.at[:, t].set(jnp.moveaxis(cross, 0, 1)), origin)
     cache = gather_beams(cache, origin)
     # Finished: merge those that ended now with the earlier ones, keep the best K.
     ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1, alpha), NEG_INF)
+    fin_scores, fin_seqs, fin_attention = finished
     all_scores = jnp.concatenate([fin_scores, ended_scores], axis=1)
-    all_seqs = jnp.concatenate([fin_seqs, top_seqs], axis=1)
     fin_scores, best = jax.lax.top_k(all_scores, k)
-    fin_seqs = jnp.take_along_axis(all_seqs, best[:, :, None], axis=1)
-    return t + 1, seqs, live_logp, cache, fin_seqs, fin_scores
+    fin_seqs, fin_attention = keep_best(
+        fin_scores, best, jnp.concatenate([fin_seqs, seqs], axis=1),
+        None if attention is None else jnp.concatenate([fin_attention, split(attention)], 1))
+    return t + 1, seqs, live_logp, cache, attention, (fin_scores, fin_seqs, fin_attention)
 
   def not_done(state):
-    t, _, logp, _, _, fin_scores = state
+    t, _, logp, _, _, (fin_scores, _, _) = state
     # A live beam can at best keep its log-prob and get the largest length penalty.
     best_live = logp[:, 0] / length_penalty(max_length, alpha)
     worst_finished = fin_scores[:, -1]
     return (t < max_length) & ~jnp.all(worst_finished >= best_live)
 
+  attention = (_empty_attention(model, cache, batch * k, max_length, source)
+               if return_attention else None)
   first = jnp.concatenate([jnp.zeros((batch, 1)), jnp.full((batch, k - 1), NEG_INF)], axis=1)
-  state = (0, jnp.full((batch, k, max_length), pad_id), first, cache,
-           jnp.full((batch, k, max_length), pad_id), jnp.full((batch, k), NEG_INF))
-  _, seqs, logp, _, fin_seqs, fin_scores = jax.lax.while_loop(not_done, body, state)
+  finished = (jnp.full((batch, k), NEG_INF), jnp.full((batch, k, max_length), pad_id),
+              None if attention is None else split(attention))
+  state = (0, jnp.full((batch, k, max_length), pad_id), first, cache, attention, finished)
+  _, seqs, logp, _, attention, (fin_scores, fin_seqs, fin_attention) = jax.lax.while_loop(
+      not_done, body, state)
   # Rows with fewer than K finished beams are completed by live ones (scored at max length).
-  live_scores = logp / length_penalty(max_length, alpha)
-  scores = jnp.concatenate([fin_scores, live_scores], axis=1)
-  seqs_all = jnp.concatenate([fin_seqs, seqs], axis=1)
+  scores = jnp.concatenate([fin_scores, logp / length_penalty(max_length, alpha)], axis=1)
   scores, best = jax.lax.top_k(scores, k)
-  return jnp.take_along_axis(seqs_all, best[:, :, None], axis=1), scores
+  seqs, attention = keep_best(
+      scores, best, jnp.concatenate([fin_seqs, seqs], axis=1),
+      None if attention is None else jnp.concatenate([fin_attention, split(attention)], 1))
+  return seqs, scores, attention

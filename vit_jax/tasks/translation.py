@@ -16,20 +16,31 @@ from vit_jax.tasks import classification
 def make_source(c, split):
   if c.name == 'numbers':
     return data.NumberWords(split, c.source_lang, c.target_lang, c.max_value)
+  if c.name == 'dates':
+    return data.Dates(split, c.locale, c.num_dates)
   if c.name == 'files':
     return data.ParallelFile(c.data_dir, split)
-  raise ValueError(f"Unknown data.name {c.name!r} for translation; expected 'numbers' or "
-                   "'files'.")
+  if c.name == 'tfds':
+    return data.Tfds(c.tfds_name, split, c.data_dir, c.source_lang, c.target_lang)
+  raise ValueError(f"Unknown data.name {c.name!r} for translation; expected 'numbers', "
+                   "'dates', 'files' or 'tfds'.")
 
 
 class Preprocess(data.Encode):
-  """Same encoding for training and evaluation (no augmentation)."""
+  """Evaluation encodes one pair a row; training does too, unless the rows come packed."""
+
+  def __init__(self, tokenizer, max_source_length, max_target_length, packed=False):
+    super().__init__(tokenizer, max_source_length, max_target_length)
+    self.packed = packed
 
   def train(self, example, rng):
-    return self(example, rng)
+    return example if self.packed else self(example, rng)
 
   def eval(self, example):
     return self(example)
+
+
+PACKING = ('source_segments', 'target_segments', 'source_positions', 'target_positions')
 
 
 class TranslationTask:
@@ -52,18 +63,22 @@ class TranslationTask:
     trained on the training text and saved there."""
     path = os.path.join(workdir, 'tokenizer.json') if workdir else None
     if path and os.path.exists(path):
-      return tokenizers.CharTokenizer.load(path)
-    texts = [t for pair in self.train_source.pairs for t in pair]
-    tokenizer = tokenizers.CharTokenizer.train(texts)
+      return tokenizers.load(path)
+    c = self.config.data
+    texts = data.sample_texts(self.train_source, c.tokenizer_examples)
+    tokenizer = tokenizers.train(c.tokenizer, texts, c.vocab_size)
     if path and jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
-      tokenizer.save(path)
+      tokenizers.save(tokenizer, path)
     return tokenizer
 
   def datasets(self):
     c = self.config.data
-    preprocess = Preprocess(self.tokenizer, c.max_source_length, c.max_target_length)
-    return self.train_source, self.eval_source, preprocess
+    preprocess = Preprocess(self.tokenizer, c.max_source_length, c.max_target_length,
+                            packed=c.pack)
+    train = (data.Packed(self.train_source, preprocess, seed=self.config.seed) if c.pack else
+             self.train_source)
+    return train, self.eval_source, preprocess
 
   def dummy_batch(self, batch_size):
     c = self.config.data
@@ -75,8 +90,9 @@ class TranslationTask:
 
   def loss_fn(self, params, batch, rng):
     """Label-smoothed cross-entropy over real target tokens, normalised by their number."""
+    packing = {k: batch[k] for k in PACKING if k in batch}
     logits, _ = self.model.apply({'params': params}, batch['source'], batch['target_in'],
-                                 train=True, rngs={'dropout': rng})
+                                 **packing, train=True, rngs={'dropout': rng})
     weights = (batch['target_out'] != tokenizers.PAD).astype(jnp.float32)
     losses = classification.softmax_cross_entropy(logits, batch['target_out'],
                                                   self.label_smoothing)
@@ -90,7 +106,7 @@ class TranslationTask:
     kw = dict(max_length=self.config.data.max_target_length, bos_id=tokenizers.BOS,
               eos_id=tokenizers.EOS, pad_id=tokenizers.PAD)
     if beam_size == 1:
-      return decoding.greedy(self.model, params, source, **kw)[0]
+      return decoding.greedy(self.model, params, source, return_attention=False, **kw)[0]
     return decoding.beam_search(self.model, params, source, beam_size=beam_size, alpha=alpha,
                                 **kw)[0][:, 0]
 
