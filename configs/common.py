@@ -16,7 +16,8 @@ def trainer_config():
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,
       weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-      clip_norm=1.0, model_dim=None))
+      clip_norm=1.0, model_dim=None,
+      lr_multipliers=''))  # 'regex=factor,...' on parameter paths; 0 freezes.
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.pretrained = ml_collections.ConfigDict(dict(path='', reset_head=True))
   return c

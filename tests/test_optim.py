@@ -29,3 +29,20 @@ def test_unknown_names_are_clear_errors():
     optim.make_optimizer(10, name='adam')
   with pytest.raises(ValueError, match="Unknown schedule 'cosin'"):
     optim.make_schedule(10, 1.0, 'cosin')
+
+
+def test_lr_multipliers_scale_and_freeze_by_path():
+  params = {'backbone': {'stem_bn': {'scale': np.ones(2)}, 'conv': {'kernel': np.ones((2, 2))}},
+            'head': {'kernel': np.ones((2, 2))}}
+  grads = {'backbone': {'stem_bn': {'scale': np.ones(2)}, 'conv': {'kernel': np.ones((2, 2))}},
+           'head': {'kernel': np.ones((2, 2))}}
+  tx, _ = optim.make_optimizer(10, name='sgd', learning_rate=1.0, schedule='constant',
+                               momentum=0.0, weight_decay=0.5, clip_norm=None,
+                               lr_multipliers='_bn/=0,backbone/=0.1')
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['backbone']['stem_bn']['scale'], 0.0)  # Frozen: no decay.
+  np.testing.assert_allclose(updates['backbone']['conv']['kernel'], -0.1 * (1 + 0.5))
+  np.testing.assert_allclose(updates['head']['kernel'], -(1 + 0.5))
+  with pytest.raises(ValueError, match='expected "regex=factor" rules separated by commas, '
+                                       "got 'backbone'"):
+    optim.make_optimizer(10, lr_multipliers='backbone')

@@ -1,4 +1,6 @@
 """Optax optimizers and learning-rate schedules, built from flat config values."""
+import re
+
 import jax
 import optax
 
@@ -31,9 +33,53 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def path_name(path):
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def parse_multipliers(spec):
+  """'regex=factor,regex=factor' (a config string, overridable on the command line) or a
+  dict → [(compiled regex, factor)]."""
+  if isinstance(spec, str):
+    items = []
+    for rule in filter(None, spec.split(',')):
+      pattern, sep, factor = rule.rpartition('=')
+      try:
+        items.append((pattern, float(factor)))
+      except ValueError:
+        sep = ''
+      if not sep or not pattern:
+        raise ValueError(f'optim.lr_multipliers: expected "regex=factor" rules separated by '
+                         f'commas, got {rule!r}.') from None
+    spec = dict(items)
+  return [(re.compile(pattern), float(factor)) for pattern, factor in spec.items()]
+
+
+def scale_by_path(lr_multipliers):
+  """Multiplies each parameter's update (so its learning rate, weight decay included) by the
+  factors of every regex in `lr_multipliers` that its path ('backbone/stem_bn/scale')
+  matches; a factor of 0 freezes it (DETR: frozen BatchNorm, a 10x lower backbone rate)."""
+  rules = parse_multipliers(lr_multipliers)
+
+  def factor(path):
+    out = 1.0
+    for pattern, f in rules:
+      if pattern.search(path_name(path)):
+        out *= f
+    return out
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u if factor(path) == 1.0 else u * factor(path), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='cosine',
                    warmup_steps=0, end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
-                   eps=1e-8, momentum=0.9, nesterov=False, clip_norm=None, model_dim=None):
+                   eps=1e-8, momentum=0.9, nesterov=False, clip_norm=None, model_dim=None,
+                   lr_multipliers=None):
   """Returns (optax transformation, learning-rate schedule)."""
   lr = make_schedule(total_steps, learning_rate, schedule, warmup_steps, end_lr_factor,
                      model_dim)
@@ -44,6 +90,8 @@ def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='c
                       else optax.identity(), optax.sgd(lr, momentum=momentum, nesterov=nesterov))
   else:
     raise ValueError(f"Unknown optimizer {name!r}; expected 'adamw' or 'sgd'.")
+  if lr_multipliers:
+    opt = optax.chain(opt, scale_by_path(lr_multipliers))
   if clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
   return opt, lr

@@ -33,7 +33,6 @@ def training_curves(metrics_path, png_path):
   return png_path
 
 
-
 def alignments(examples, png_path):
   """Cross-attention heat maps, one panel per (source chars, output chars, weights [T, S])."""
   fig, axes = plt.subplots(1, len(examples), figsize=(5 * len(examples), 4.5), squeeze=False)
@@ -44,6 +43,48 @@ def alignments(examples, png_path):
     ax.set_xlabel('source')
     ax.set_ylabel('output')
   fig.suptitle('Decoder cross-attention (last layer, mean over heads)')
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
+  return png_path
+
+
+def detections(panels, png_path, title='Predicted boxes'):
+  """One panel per (image uint8 [H, W, 3], boxes [N, 4] x0 y0 x1 y1 in pixels, captions [N])."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+  colours = plt.cm.tab10.colors
+  for ax, (image, boxes, captions) in zip(axes[0], panels):
+    ax.imshow(image)
+    for i, ((x0, y0, x1, y1), caption) in enumerate(zip(boxes, captions)):
+      colour = colours[i % len(colours)]
+      ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=2))
+      ax.text(x0, y0, caption, color='white', fontsize=7, va='bottom',
+              bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+    ax.axis('off')
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
+  return png_path
+
+
+def attention_per_object(image, objects, png_path, title='Decoder cross-attention per object'):
+  """The image, then one panel per detected object: (box [4] in pixels, caption, attention
+  map [h, w] over the feature grid), the map stretched over the image."""
+  fig, axes = plt.subplots(1, len(objects) + 1, figsize=(3 * (len(objects) + 1), 3.3),
+                           squeeze=False)
+  axes[0, 0].imshow(image)
+  axes[0, 0].set_title('image')
+  height, width = image.shape[:2]
+  for ax, ((x0, y0, x1, y1), caption, weights) in zip(axes[0, 1:], objects):
+    ax.imshow(image, alpha=0.5)
+    ax.imshow(weights, cmap='inferno', alpha=0.6, extent=(0, width, height, 0),
+              interpolation='nearest')
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color='cyan', lw=2))
+    ax.set_title(caption, fontsize=8)
+  for ax in axes[0]:
+    ax.axis('off')
+  fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(png_path, dpi=100)
   plt.close(fig)

@@ -29,9 +29,9 @@ def test_sine_2d_matches_detr_and_ignores_padding():
   pe = np.asarray(posemb.sine_2d(mask, 8))
   small = np.asarray(posemb.sine_2d(np.ones((1, 4, 5), bool), 8))
   np.testing.assert_allclose(pe[0, :4, :5], small[0], atol=1e-6)
-  # DETR: y_embed = (cumsum - 0.5) / (max + eps) * 2π; feature 0 = sin(y / 10000^0), 1 = cos.
-  y = (2 + 1 - 0.5) / (4 + 1e-6) * 2 * math.pi
-  x = (3 + 1 - 0.5) / (5 + 1e-6) * 2 * math.pi
+  # DETR: y_embed = cumsum / (max + eps) * 2π; feature 0 = sin(y / 10000^0), 1 = cos.
+  y = (2 + 1) / (4 + 1e-6) * 2 * math.pi
+  x = (3 + 1) / (5 + 1e-6) * 2 * math.pi
   np.testing.assert_allclose(pe[0, 2, 3, 0], math.sin(y), atol=1e-5)
   np.testing.assert_allclose(pe[0, 2, 3, 3], math.cos(y / 10000 ** (2 / 8)), atol=1e-5)
   np.testing.assert_allclose(pe[0, 2, 3, 8], math.sin(x), atol=1e-5)

@@ -39,8 +39,8 @@ def sine_2d(pixel_mask, num_features, temperature=10_000.0, normalize=True, scal
   x = jnp.cumsum(mask, axis=2)
   if normalize:
     eps = 1e-6
-    y = (y - 0.5) / (y[:, -1:, :] + eps) * scale
-    x = (x - 0.5) / (x[:, :, -1:] + eps) * scale
+    y = y / (y[:, -1:, :] + eps) * scale
+    x = x / (x[:, :, -1:] + eps) * scale
   dim_t = temperature ** (2 * (np.arange(num_features) // 2) / num_features)
   x = x[..., None] / dim_t
   y = y[..., None] / dim_t

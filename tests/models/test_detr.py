@@ -1,0 +1,161 @@
+import jax
+import numpy as np
+import pytest
+
+from vit_jax.models import detr
+from vit_jax.models import resnet
+from vit_jax.tasks import detection
+
+
+def hf_detr(num_queries=5, num_labels=3, seed=0):
+  import torch
+  from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+  torch.manual_seed(seed)
+  backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                          layer_type='basic', out_features=['stage4'])
+  config = DetrConfig(use_timm_backbone=False, backbone_config=backbone,
+                      use_pretrained_backbone=False, num_queries=num_queries, d_model=32,
+                      encoder_layers=1, decoder_layers=2, encoder_attention_heads=4,
+                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                      num_labels=num_labels, auxiliary_loss=False, dropout=0.0)
+  model = DetrForObjectDetection(config).eval()
+  with torch.no_grad():  # Non-trivial frozen statistics, so the BatchNorm port is tested.
+    for name, buffer in model.named_buffers():
+      if 'running_mean' in name or name.endswith('bias'):
+        buffer.copy_(torch.randn_like(buffer) * 0.1)
+      elif 'running_var' in name or name.endswith('weight'):
+        buffer.copy_(torch.rand_like(buffer) + 0.5)
+  return model
+
+
+def port_hf_detr(model, heads=4):
+  """Hugging Face DetrForObjectDetection state → our parameter tree."""
+  t = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  conv = lambda p: {'kernel': t[f'{p}.weight'].transpose(2, 3, 1, 0)}
+  bn = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias'],
+                  'mean': t[f'{p}.running_mean'], 'var': t[f'{p}.running_var']}
+  dense = lambda p: {'kernel': t[f'{p}.weight'].T, 'bias': t[f'{p}.bias']}
+  norm = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias']}
+
+  def attention(p):
+    d = t[f'{p}.q_proj.weight'].shape[0]
+    split = lambda n: {'kernel': t[f'{p}.{n}_proj.weight'].T.reshape(d, heads, -1),
+                       'bias': t[f'{p}.{n}_proj.bias'].reshape(heads, -1)}
+    return {'query': split('q'), 'key': split('k'), 'value': split('v'),
+            'out': {'kernel': t[f'{p}.o_proj.weight'].T.reshape(heads, -1, d),
+                    'bias': t[f'{p}.o_proj.bias']}}
+
+  mlp = lambda p: {'Dense_0': dense(f'{p}.fc1'), 'Dense_1': dense(f'{p}.fc2')}
+  b = 'model.backbone.model'
+  backbone = {'stem_conv': conv(f'{b}.embedder.embedder.convolution'),
+              'stem_bn': bn(f'{b}.embedder.embedder.normalization')}
+  for s in range(4):
+    p = f'{b}.encoder.stages.{s}.layers.0'
+    block = {f'conv{i}': conv(f'{p}.layer.{i}.convolution') for i in range(2)}
+    block.update({f'bn{i}': bn(f'{p}.layer.{i}.normalization') for i in range(2)})
+    if f'{p}.shortcut.convolution.weight' in t:
+      block.update(shortcut_conv=conv(f'{p}.shortcut.convolution'),
+                   shortcut_bn=bn(f'{p}.shortcut.normalization'))
+    backbone[f'stage{s + 1}_block0'] = block
+  e = 'model.encoder.layers.0'
+  encoder = {'encoderblock_0': {'MultiHeadDotProductAttention_1': attention(f'{e}.self_attn'),
+                                'LayerNorm_0': norm(f'{e}.self_attn_layer_norm'),
+                                'MlpBlock_3': mlp(f'{e}.mlp'),
+                                'LayerNorm_2': norm(f'{e}.final_layer_norm')}}
+  decoder = {'decoder_norm': norm('model.decoder.layernorm')}
+  for i in range(2):
+    d = f'model.decoder.layers.{i}'
+    decoder[f'decoderblock_{i}'] = {
+        'SelfAttention': attention(f'{d}.self_attn'), 'LayerNorm_0': norm(f'{d}.self_attn_layer_norm'),
+        'CrossAttention': attention(f'{d}.encoder_attn'),
+        'LayerNorm_1': norm(f'{d}.encoder_attn_layer_norm'), 'MlpBlock': mlp(f'{d}.mlp'),
+        'LayerNorm_2': norm(f'{d}.final_layer_norm')}
+  return {'backbone': backbone,
+          'input_proj': {'kernel': t['model.input_projection.weight'].transpose(2, 3, 1, 0),
+                         'bias': t['model.input_projection.bias']},
+          'query_embed': t['model.query_position_embeddings.weight'],
+          'encoder': encoder, 'decoder': decoder,
+          'class_head': dense('class_labels_classifier'),
+          'box_head': {f'Dense_{i}': dense(f'bbox_predictor.layers.{i}') for i in range(3)}}
+
+
+def images(seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+  mask = np.ones((2, 64, 64), bool)
+  mask[1, 48:] = mask[1, :, 56:] = False  # Image 2 is 56x48 on the 64x64 canvas.
+  image[~mask] = 0.0
+  return image, mask
+
+
+def ours():
+  return detr.DETR(num_classes=3, num_queries=5, backbone_name='resnet-tiny', d_model=32, num_heads=4,
+                   num_encoder_layers=1, num_decoder_layers=2, d_ff=64, dropout_rate=0.0)
+
+
+def test_parity_with_hugging_face_detr_outputs_and_loss():
+  import torch
+  hf = hf_detr()
+  image, mask = images()
+  targets = {'labels': np.array([[2, 0, 0], [1, 2, 0]], np.int32),
+             'boxes': np.array([[[0.3, 0.4, 0.2, 0.3], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                [[0.5, 0.5, 0.4, 0.2], [0.2, 0.7, 0.1, 0.1], [0, 0, 0, 0]]],
+                               np.float32),
+             'valid': np.array([[True, False, False], [True, True, False]])}
+  labels = [{'class_labels': torch.tensor(targets['labels'][i][targets['valid'][i]]).long(),
+             'boxes': torch.tensor(targets['boxes'][i][targets['valid'][i]])} for i in range(2)]
+  with torch.no_grad():
+    out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
+             pixel_mask=torch.tensor(mask).long(), labels=labels)
+  model = ours()
+  params = port_hf_detr(hf)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), image, mask)['params'])
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  outputs, _ = model.apply({'params': params}, image, mask)
+  np.testing.assert_allclose(outputs['logits'][-1], out.logits.numpy(), atol=1e-4)
+  np.testing.assert_allclose(outputs['boxes'][-1], out.pred_boxes.numpy(), atol=1e-4)
+  for matcher in ('scipy', 'device'):
+    loss, _ = detection.set_criterion(jax.tree.map(lambda x: x[-1:], outputs), targets,
+                                      num_classes=3, matcher=matcher)
+    np.testing.assert_allclose(loss, out.loss.item(), rtol=1e-4)
+
+
+def test_more_padding_gives_the_same_predictions():
+  """Positions are normalised to the unpadded extent and padded keys are masked, so padding
+  the feature map (with any values) changes no prediction. (The backbone's convolutions near
+  the image border do see the padding, in the reference DETR as here.)"""
+  model = ours()
+  image, mask = images(1)
+  params = model.init(jax.random.key(0), image, mask)['params']
+  features = np.random.default_rng(2).normal(size=(2, 3, 4, 128)).astype(np.float32)
+  feature_mask = np.ones((2, 3, 4), bool)
+  feature_mask[1, 2:] = feature_mask[1, :, 3:] = False
+  small, _ = model.apply({'params': params}, features, feature_mask, method=model.detect)
+  big = np.random.default_rng(3).normal(size=(2, 5, 7, 128)).astype(np.float32) * 10
+  big[:, :3, :4] = features
+  big_mask = np.zeros((2, 5, 7), bool)
+  big_mask[:, :3, :4] = feature_mask
+  large, _ = model.apply({'params': params}, big, big_mask, method=model.detect)
+  np.testing.assert_allclose(small['logits'], large['logits'], atol=1e-4)
+  np.testing.assert_allclose(small['boxes'], large['boxes'], atol=1e-5)
+
+
+def test_backbone_variants_and_dilation():
+  x = np.zeros((1, 64, 64, 3), np.float32)
+  for name, channels in (('resnet18', 512), ('resnet50', 2048)):
+    net = resnet.ResNet(**resnet.decode_variant(name))
+    shapes = jax.eval_shape(lambda: net.apply(net.init(jax.random.key(0), x), x))
+    assert shapes['stage1'].shape == (1, 16, 16, channels // (8 if name == 'resnet18' else 8))
+    assert shapes['stage4'].shape == (1, 2, 2, channels)
+  net = resnet.ResNet(**resnet.decode_variant('resnet50'), dilation=True)
+  shapes = jax.eval_shape(lambda: net.apply(net.init(jax.random.key(0), x), x))
+  assert shapes['stage4'].shape == (1, 4, 4, 2048)  # DC5: stride 16.
+  count = lambda tree: sum(np.prod(p.shape) for p in jax.tree.leaves(tree))
+  params = jax.eval_shape(lambda: resnet.ResNet(**resnet.decode_variant('resnet50')).init(
+      jax.random.key(0), x))['params']
+  # torchvision's ResNet-50 without its fc layer: 23,508,032 weights + BatchNorm statistics.
+  bn_stats = sum(np.prod(p.shape) for path, p in jax.tree_util.tree_leaves_with_path(params)
+                 if str(path[-1].key) in ('mean', 'var'))
+  assert count(params) - bn_stats == 23_508_032
+  with pytest.raises(ValueError, match="Unknown backbone 'resnet5'; expected one of"):
+    resnet.decode_variant('resnet5')

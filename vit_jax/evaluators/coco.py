@@ -1,0 +1,34 @@
+"""COCO box mAP with pycocotools, over the full eval split."""
+import contextlib
+import copy
+import io
+
+import numpy as np
+
+NAMES = ['AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large']
+
+
+def evaluate(ground_truth, detections, verbose=False):
+  """ground_truth: a COCO-format dict; detections: [{'image_id', 'category_id',
+  'bbox' [x, y, w, h] in pixels, 'score'}] → {'AP': …, 'AP50': …, …} (−1 where undefined)."""
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
+    gt = COCO()
+    gt.dataset = copy.deepcopy(ground_truth)
+    gt.dataset.setdefault('info', {})
+    for ann in gt.dataset['annotations']:  # pycocotools needs an area for the size ranges.
+      ann.setdefault('area', ann['bbox'][2] * ann['bbox'][3])
+    gt.createIndex()
+    if not detections:
+      return {name: 0.0 for name in NAMES}
+    dt = gt.loadRes([dict(d) for d in detections])
+    coco_eval = COCOeval(gt, dt, 'bbox')
+    coco_eval.params.imgIds = sorted(gt.getImgIds())
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+  if verbose:
+    print(output.getvalue().split('Accumulating')[-1].split('DONE')[-1].strip())
+  return dict(zip(NAMES, np.asarray(coco_eval.stats[:6], float).tolist()))
