@@ -10,17 +10,16 @@ Timed alternately after warm-up; medians with min-max.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import alternate, our_train_step, table  # noqa: E402
 from configs import transformer as transformer_config  # noqa: E402
-from vit_jax import sharding  # noqa: E402
 from vit_jax import train  # noqa: E402
 from vit_jax.ops import decoding  # noqa: E402
 
@@ -29,18 +28,6 @@ def batch_of(rng, batch, src_len, tgt_len, vocab):
   source = rng.integers(4, vocab, (batch, src_len)).astype(np.int32)
   target = rng.integers(4, vocab, (batch, tgt_len + 1)).astype(np.int32)
   return {'source': source, 'target_in': target[:, :-1], 'target_out': target[:, 1:]}
-
-
-def ours_train(config, data):
-  trainer = train.Trainer(config)
-  box = {'state': trainer.initial_state()}
-  batch = sharding.global_batch(data, trainer.mesh)
-
-  def step():
-    box['state'], metrics = trainer.train_step(box['state'], batch, trainer.rng)
-    jax.block_until_ready(metrics)
-
-  return step, trainer
 
 
 def torch_train(m, vocab, data):
@@ -68,23 +55,6 @@ def torch_train(m, vocab, data):
   return step
 
 
-def timed(fn):
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
-def table(title, unit, rows, work):
-  print(f'\n{title}\n')
-  print(f'| implementation | time ms (median, min-max) | {unit} | speed ratio |')
-  print('|---|---|---|---|')
-  base = statistics.median(rows[-1][1])
-  for name, times in rows:
-    med = statistics.median(times)
-    print(f'| {name} | {1e3 * med:.0f} ({1e3 * min(times):.0f}-{1e3 * max(times):.0f}) | '
-          f'{work / med:.0f} | {base / med:.2f}x |')
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--batch', type=int, default=64)
@@ -97,7 +67,7 @@ def main():
   rng = np.random.default_rng(0)
   vocab = train.Trainer(config).task.model.vocab_size
   data = batch_of(rng, args.batch, args.length, args.length, vocab)
-  ours_step, trainer = ours_train(config, data)
+  ours_step, trainer = our_train_step(config, data)
   torch_step = torch_train(m, vocab, data)
 
   params = trainer.initial_state()['params']
@@ -110,12 +80,7 @@ def main():
   decode = {'cached': lambda: jax.block_until_ready(cached(params, source)),
             'uncached': lambda: jax.block_until_ready(uncached(params, source))}
   runs = {'ours': ours_step, 'torch': torch_step, **decode}
-  for fn in list(runs.values()) * 2:  # Warm-up (and compilation).
-    fn()
-  times = {k: [] for k in runs}
-  for _ in range(args.rounds):
-    for k, fn in runs.items():
-      times[k].append(timed(fn))
+  times = alternate(runs, args.rounds)
   tokens = args.batch * args.length
   print(f'd_model {m.d_model}, {m.num_layers}+{m.num_layers} layers, d_ff {m.d_ff}, '
         f'{m.num_heads} heads, vocab {vocab}, batch {args.batch}, source and target length '

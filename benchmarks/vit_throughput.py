@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import timed  # noqa: E402
 from configs import vit as vit_config  # noqa: E402
 from vit_jax import sharding  # noqa: E402
 from vit_jax import train  # noqa: E402
@@ -80,12 +82,6 @@ def pytorch(variant, image_size, batch, num_classes):
     opt.step()
 
   return step
-
-
-def timed(fn):
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
 
 
 def main():

@@ -9,6 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from vit_jax import metrics as metrics_lib  # noqa: E402
 
 
+def _save(fig, png_path, title=None):
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
+  return png_path
+
+
 def training_curves(metrics_path, png_path):
   """One panel per metric name ('loss', 'accuracy', ...), one line per split ('train', 'eval')."""
   panels = collections.defaultdict(dict)
@@ -27,14 +36,12 @@ def training_curves(metrics_path, png_path):
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
-  return png_path
+  return _save(fig, png_path)
 
 
 def alignments(examples, png_path):
-  """Cross-attention heat maps, one panel per (source chars, output chars, weights [T, S])."""
+  """Cross-attention heat maps, one panel per (source tokens, output tokens, weights [T, S]);
+  tokens are lists of strings (characters or sub-words)."""
   fig, axes = plt.subplots(1, len(examples), figsize=(5 * len(examples), 4.5), squeeze=False)
   for ax, (source, output, weights) in zip(axes[0], examples):
     ax.imshow(weights[:len(output) + 1, :len(source)], cmap='viridis', aspect='auto')
@@ -42,11 +49,7 @@ def alignments(examples, png_path):
     ax.set_yticks(range(len(output) + 1), list(output) + ['</s>'], fontsize=7)
     ax.set_xlabel('source')
     ax.set_ylabel('output')
-  fig.suptitle('Decoder cross-attention (last layer, mean over heads)')
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
-  return png_path
+  return _save(fig, png_path, 'Decoder cross-attention (last layer, mean over heads)')
 
 
 def detections(panels, png_path, title='Predicted boxes'):
@@ -61,11 +64,7 @@ def detections(panels, png_path, title='Predicted boxes'):
       ax.text(x0, y0, caption, color='white', fontsize=7, va='bottom',
               bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
     ax.axis('off')
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
-  return png_path
+  return _save(fig, png_path, title)
 
 
 def attention_per_object(image, objects, png_path, title='Decoder cross-attention per object'):
@@ -84,8 +83,4 @@ def attention_per_object(image, objects, png_path, title='Decoder cross-attentio
     ax.set_title(caption, fontsize=8)
   for ax in axes[0]:
     ax.axis('off')
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
-  return png_path
+  return _save(fig, png_path, title)

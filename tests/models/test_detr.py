@@ -159,3 +159,24 @@ def test_backbone_variants_and_dilation():
   assert count(params) - bn_stats == 23_508_032
   with pytest.raises(ValueError, match="Unknown backbone 'resnet5'; expected one of"):
     resnet.decode_variant('resnet5')
+
+
+def test_detr_r50_has_hugging_face_parameter_count():
+  """configs/detr.py:r50 builds the paper's DETR-R50 (91 COCO classes): same number of
+  trainable weights as Hugging Face's (ours also holds the frozen BatchNorm statistics)."""
+  from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+  from configs import detr as detr_config
+  m = dict(detr_config.get_config('r50').model)
+  del m['num_classes']
+  model = detr.DETR(num_classes=91, **m)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3))))
+  leaves = jax.tree_util.tree_leaves_with_path(params['params'])
+  ours_count = sum(np.prod(p.shape) for path, p in leaves
+                   if str(path[-1].key) not in ('mean', 'var'))
+  hf = DetrForObjectDetection(DetrConfig(
+      use_timm_backbone=False, use_pretrained_backbone=False, num_labels=91,
+      backbone_config=ResNetConfig(layer_type='bottleneck', depths=[3, 4, 6, 3],
+                                   out_features=['stage4'])))
+  hf_count = sum(p.numel() for p in hf.parameters()) + sum(
+      b.numel() for n, b in hf.named_buffers() if n.endswith(('.weight', '.bias')))
+  assert ours_count == hf_count == 41_577_888  # The paper: "41M".

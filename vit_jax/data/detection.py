@@ -174,8 +174,9 @@ def _iou(a, b):
   return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def make_shape_image(rng, min_size, max_size, max_objects):
-  """One image of 1..max_objects shapes of varied class, size, colour and overlap."""
+def make_shape_image(rng, min_size, max_size, max_objects, object_size=(1 / 6, 1 / 2)):
+  """One image of 1..max_objects shapes of varied class, size (a fraction `object_size` of
+  the shorter side), colour and overlap."""
   h, w = rng.integers(min_size, max_size + 1, 2)
   pixels, background_colour = _background(rng, h, w)
   image = Image.fromarray(pixels)
@@ -183,7 +184,8 @@ def make_shape_image(rng, min_size, max_size, max_objects):
   for _ in range(rng.integers(1, max_objects + 1)):
     for _ in range(20):  # Overlap allowed, but every object stays mostly visible.
       kind = SHAPES[rng.integers(len(SHAPES))]
-      side = rng.integers(max(6, min(h, w) // 6), min(h, w) // 2 + 1)
+      side = rng.integers(max(6, int(min(h, w) * object_size[0])),
+                          int(min(h, w) * object_size[1]) + 1)
       aspect = 1.0 if kind == 'circle' else rng.uniform(0.6, 1.6)
       bw, bh = int(min(w, max(6, round(side * aspect)))), int(side)
       x0, y0 = rng.integers(0, w - bw + 1), rng.integers(0, h - bh + 1)
@@ -197,7 +199,7 @@ def make_shape_image(rng, min_size, max_size, max_objects):
 
 
 def write_shapes(data_dir, split, num_images, *, seed=0, min_size=48, max_size=64,
-                 max_objects=4):
+                 max_objects=4, object_size=(1 / 6, 1 / 2)):
   """Writes `data_dir/<split>/*.png` and `data_dir/annotations/instances_<split>.json`
   (deterministic in seed and split; atomic, so a half-written dataset is never read)."""
   root = pathlib.Path(data_dir)
@@ -209,7 +211,7 @@ def write_shapes(data_dir, split, num_images, *, seed=0, min_size=48, max_size=6
   rng = np.random.default_rng([seed, sum(map(ord, split))])
   images, annotations = [], []
   for i in range(num_images):
-    image, objects = make_shape_image(rng, min_size, max_size, max_objects)
+    image, objects = make_shape_image(rng, min_size, max_size, max_objects, object_size)
     name = f'{i:06d}.png'
     image.save(root / split / name)
     images.append({'id': i + 1, 'file_name': name, 'height': image.height,

@@ -41,7 +41,11 @@ class CharTokenizer:
 
   def decode(self, ids):
     """Stops at EOS; drops padding and BOS; UNK shows as '?'."""
-    return ''.join('?' if i == UNK else self.chars[i - len(SPECIALS)] for i in _strip(ids))
+    return ''.join(self.pieces(ids))
+
+  def pieces(self, ids):
+    """The text of each token up to EOS (for plots)."""
+    return ['?' if i == UNK else self.chars[i - len(SPECIALS)] for i in _strip(ids)]
 
   def to_json(self):
     return {'type': 'char', 'chars': self.chars}
@@ -76,6 +80,9 @@ class SentencePieceTokenizer:
 
   def decode(self, ids):
     return self.processor.decode(_strip(ids))
+
+  def pieces(self, ids):
+    return [self.processor.id_to_piece(i) for i in _strip(ids)]
 
   def to_json(self):
     return {'type': 'sentencepiece', 'model': base64.b64encode(self.model_proto).decode()}

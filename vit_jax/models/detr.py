@@ -41,6 +41,7 @@ class DETR(nn.Module):
   num_queries: int = 100
   backbone_name: str = 'resnet50'
   dilation: bool = False
+  backbone_norm: str = 'frozen_bn'
   frozen_stages: int = 1
   d_model: int = 256
   num_heads: int = 8
@@ -53,7 +54,8 @@ class DETR(nn.Module):
 
   def setup(self):
     self.backbone = resnet.ResNet(**resnet.decode_variant(self.backbone_name),
-                                  dilation=self.dilation, frozen_stages=self.frozen_stages,
+                                  dilation=self.dilation, norm=self.backbone_norm,
+                                  frozen_stages=self.frozen_stages,
                                   dtype=self.dtype)
     self.input_proj = nn.Conv(self.d_model, (1, 1), dtype=self.dtype)
     if self.position_embedding == 'learned':

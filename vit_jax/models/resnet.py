@@ -45,6 +45,16 @@ class FrozenBatchNorm(nn.Module):
     return x * factor.astype(x.dtype) + (bias - mean * factor).astype(x.dtype)
 
 
+def norm_layer(kind, name):
+  """'frozen_bn' (DETR, for pretrained weights) or 'group_norm' (trainable, for backbones
+  trained from scratch, where frozen statistics would normalise nothing)."""
+  if kind == 'frozen_bn':
+    return FrozenBatchNorm(name=name)
+  if kind == 'group_norm':
+    return nn.GroupNorm(num_groups=8, name=name.replace('bn', 'gn'))
+  raise ValueError(f"Unknown backbone norm {kind!r}; expected 'frozen_bn' or 'group_norm'.")
+
+
 def conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
   pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
@@ -59,6 +69,7 @@ class Block(nn.Module):
   bottleneck: bool
   stride: int = 1
   dilation: int = 1
+  norm: str = 'frozen_bn'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -72,12 +83,12 @@ class Block(nn.Module):
     y = x
     for i, (features, kernel, stride, dilation) in enumerate(layers):
       y = conv(features, kernel, stride, dilation, f'conv{i}', self.dtype)(y)
-      y = FrozenBatchNorm(name=f'bn{i}')(y)
+      y = norm_layer(self.norm, f'bn{i}')(y)
       if i < len(layers) - 1:
         y = nn.relu(y)
     if x.shape[-1] != self.features or self.stride != 1:
       x = conv(self.features, 1, self.stride, name='shortcut_conv', dtype=self.dtype)(x)
-      x = FrozenBatchNorm(name='shortcut_bn')(x)
+      x = norm_layer(self.norm, 'shortcut_bn')(x)
     return nn.relu(x + y)
 
 
@@ -89,6 +100,7 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (256, 512, 1024, 2048)
   stem_width: int = 64
   dilation: bool = False
+  norm: str = 'frozen_bn'
   frozen_stages: int = 1  # Stem + this many stages get no gradient (DETR: stem + stage 1);
   # -1 trains everything (from scratch, e.g. on the synthetic shapes).
   dtype: Any = jnp.float32
@@ -98,7 +110,7 @@ class ResNet(nn.Module):
     if self.block not in ('basic', 'bottleneck'):
       raise ValueError(f"Unknown ResNet block {self.block!r}; expected 'basic' or 'bottleneck'.")
     x = conv(self.stem_width, 7, 2, name='stem_conv', dtype=self.dtype)(x.astype(self.dtype))
-    x = nn.relu(FrozenBatchNorm(name='stem_bn')(x))
+    x = nn.relu(norm_layer(self.norm, 'stem_bn')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     if self.frozen_stages >= 0:
       x = jax.lax.stop_gradient(x)
@@ -110,7 +122,7 @@ class ResNet(nn.Module):
         # DC5: the last stage keeps the resolution and dilates its 3x3 convolutions instead
         # (its first block still sees the undilated input, as in torchvision).
         dilation = 2 if (last_dilated and b > 0) else 1
-        x = Block(width, self.block == 'bottleneck', stride, dilation, self.dtype,
+        x = Block(width, self.block == 'bottleneck', stride, dilation, self.norm, self.dtype,
                   name=f'stage{s + 1}_block{b}')(x)
       if s + 1 <= self.frozen_stages:
         x = jax.lax.stop_gradient(x)

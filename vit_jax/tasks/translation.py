@@ -159,6 +159,6 @@ class TranslationTask:
         self.model, params, source, max_length=self.config.data.max_target_length,
         bos_id=tokenizers.BOS, eos_id=tokenizers.EOS, pad_id=tokenizers.PAD)
     weights = np.asarray(attention)[:, :, -1].mean(axis=2)  # [B, T, S]
-    panels = [(e['source'], self.tokenizer.decode(t), w)
-              for e, t, w in zip(examples, np.asarray(tokens), weights)]
+    panels = [(self.tokenizer.pieces(s), self.tokenizer.pieces(t), w)
+              for s, t, w in zip(source, np.asarray(tokens), weights)]
     return plots.alignments(panels, os.path.join(workdir, 'alignment.png'))

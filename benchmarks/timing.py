@@ -1,0 +1,54 @@
+"""Side-by-side timing shared by the benchmarks: alternate the contenders after a warm-up,
+report medians with min-max and speed ratios in a Markdown table."""
+import statistics
+import time
+
+import jax
+
+from vit_jax import sharding
+from vit_jax import train
+
+
+def timed(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def alternate(runs, rounds, warmup=2):
+  """runs: {name: fn}. Each fn runs `warmup` times (compilation), then once per round, in
+  turn, so drifts in machine speed hit every contender alike. → {name: [seconds]}."""
+  for fn in list(runs.values()) * warmup:
+    fn()
+  times = {k: [] for k in runs}
+  for _ in range(rounds):
+    for k, fn in runs.items():
+      times[k].append(timed(fn))
+  return times
+
+
+def table(title, unit, rows, work):
+  """rows: [(label, times)]; the last row is the baseline of the speed ratio. `work` (items
+  per call) gives the rate column; 0 leaves it out."""
+  print(f'\n{title}\n')
+  print(f'| implementation | time ms (median, min-max) | {unit or "-"} | speed ratio |')
+  print('|---|---|---|---|')
+  base = statistics.median(rows[-1][1])
+  for name, times in rows:
+    med = statistics.median(times)
+    rate = f'{work / med:.0f}' if work else '-'
+    print(f'| {name} | {1e3 * med:.1f} ({1e3 * min(times):.1f}-{1e3 * max(times):.1f}) | '
+          f'{rate} | {base / med:.2f}x |')
+
+
+def our_train_step(config, data):
+  """(a no-argument function running one of our jitted train steps on `data`, the trainer)."""
+  trainer = train.Trainer(config)
+  box = {'state': trainer.initial_state()}
+  batch = sharding.global_batch(data, trainer.mesh)
+
+  def step():
+    box['state'], metrics = trainer.train_step(box['state'], batch, trainer.rng)
+    jax.block_until_ready(metrics)
+
+  return step, trainer
