@@ -3,7 +3,7 @@
 Default (no argument): the embedded synthetic shapes (1-3 circles, rectangles, triangles of
 varied size (a quarter to two thirds of the shorter side), colour and overlap on textured
 backgrounds; 48-64 px images, generated deterministically and written in COCO format), a small
-ResNet with GroupNorm trained from scratch (dilated last stage: stride 16), a 2+2-layer post-LN
+ResNet with GroupNorm trained from scratch (dilated last stage: stride 16), a 2+6-layer post-LN
 Transformer with 12 queries, COCO mAP on the 500 held-out images.
   python main.py --config=configs/detr.py --workdir=/tmp/shapes
   Expected: see README.md (AP, AP50, AP75 and the run time on a 2-core CPU).
@@ -25,7 +25,7 @@ def get_config(arg=''):
       num_classes=None,  # From the data.
       num_queries=12, backbone_name='resnet-tiny', dilation=True,
       backbone_norm='group_norm', frozen_stages=-1, d_model=128,
-      num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=256, dropout_rate=0.0,
+      num_heads=4, num_encoder_layers=2, num_decoder_layers=6, d_ff=256, dropout_rate=0.0,
       position_embedding='sine'))
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, eos_coef=0.1, class_weight=1.0, l1_weight=5.0, giou_weight=2.0,
@@ -39,7 +39,7 @@ def get_config(arg=''):
   c.total_steps = 6000
   c.batch_size = 32
   c.eval_batch_size = 100
-  c.eval_every = 1000
+  c.eval_every = 2000
   c.checkpoint_every = 1000
   c.optim.update(name='adamw', learning_rate=5e-4, schedule='cosine', warmup_steps=200,
                  weight_decay=1e-4, clip_norm=0.1)
