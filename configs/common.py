@@ -13,11 +13,16 @@ def trainer_config():
   c.eval_every = 500
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
+  c.dtype = 'float32'           # Compute dtype, or 'bfloat16' (parameters stay float32).
+  c.remat = False               # Recompute transformer blocks in the backward pass.
+  c.on_nonfinite = 'stop'       # Non-finite loss/gradients: 'stop' with an error, or 'skip'.
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,
       weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
       clip_norm=1.0, model_dim=None,
       lr_multipliers=''))  # 'regex=factor,...' on parameter paths; 0 freezes.
-  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  # fsdp > 1: parameters and optimizer state sharded over that many devices (FSDP); arrays
+  # under fsdp_min_size elements stay replicated.
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
   c.pretrained = ml_collections.ConfigDict(dict(path='', reset_head=True))
   return c

@@ -103,11 +103,16 @@ def run_main(*args):
                         text=True, timeout=300)
 
 
-def test_config_typo_names_the_key(tmp_path):
+def test_config_typo_or_wrong_type_names_the_key(tmp_path):
   out = run_main('--config=configs/vit.py:tiny', '--config.model.hiden_size=3',
                  f'--workdir={tmp_path}')
   assert out.returncode != 0
   assert 'hiden_size' in out.stderr
+  out = run_main('--config=configs/vit.py:tiny', '--config.total_steps=ten',
+                 f'--workdir={tmp_path}')
+  assert out.returncode != 0
+  assert ("flag --config.total_steps=ten: invalid literal for int() with base 10: 'ten'"
+          in out.stderr)
   config = tiny()
   config.lock()  # As main.py does.
   with pytest.raises(AttributeError, match='hiden_size'):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from configs import transformer as transformer_config
+from vit_jax import checkpoint
 from vit_jax import train
 from vit_jax.data import tokenizers
 from vit_jax.data import translation
@@ -149,6 +150,19 @@ def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
   for beam_size in (1, 3):
     out = trainer.task.translate_texts(restored['params'], ['twenty-four', 'seven'], beam_size)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+  # A tokenizer that does not belong to the checkpoint, and a config that contradicts it.
+  path = tmp_path / 'tokenizer.json'
+  tokenizers.save(tokenizers.CharTokenizer.train(['abc']), str(path))
+  with pytest.raises(checkpoint.CheckpointMismatch,
+                     match=r"does not match the model: params/.*\[\d+, 32\] in the checkpoint "
+                           r"but float32\[7, 32\] in the model\..* The vocabulary "
+                           f"\\({path}\\) has 7 tokens"):
+    train.restore_latest(config, str(tmp_path))
+  config.data.tokenizer = 'sentencepiece'
+  with pytest.raises(ValueError, match=r"tokenizer.json is a char tokenizer of 7 tokens, but the "
+                                       r"config asks for data.tokenizer='sentencepiece'"):
+    train.restore_latest(config, str(tmp_path))
 
 
 def test_parallel_files_tsv_and_jsonl(tmp_path):

@@ -3,9 +3,14 @@
 Mesh + data → task.init under jax.eval_shape → sharded init → one jitted step calling
 task.loss_fn (gradient accumulation by scan) → eval over the full split → orbax checkpoints.
 The trainer knows no model: a family plugs in through its task (vit_jax/tasks/).
+
+A step whose loss or gradients are not finite leaves the state unchanged; the host then stops
+with an error naming the step (config.on_nonfinite='stop') or counts it ('skip'). SIGTERM or
+SIGINT finishes the step, saves a checkpoint and raises preemption.Interrupted.
 """
 import json
 import os
+import tempfile
 import time
 
 import jax
@@ -17,6 +22,7 @@ from vit_jax import checkpoint as checkpoint_lib
 from vit_jax import metrics as metrics_lib
 from vit_jax import optim
 from vit_jax import plots
+from vit_jax import preemption
 from vit_jax import sharding
 from vit_jax import tasks
 from vit_jax.data import pipeline
@@ -50,9 +56,14 @@ def make_train_step(task, tx, accum_steps):
       (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state['opt_state'], params)
-    params = jax.tree.map(jnp.add, params, updates)
+    new_params = jax.tree.map(jnp.add, params, updates)
     metrics['grad_norm'] = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
-    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+    # A non-finite step changes nothing: the host decides whether to stop or go on.
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics['nonfinite'] = 1 - finite.astype(jnp.int32)
+    return {'step': state['step'] + 1, 'params': keep(new_params, params),
+            'opt_state': keep(opt_state, state['opt_state'])}, metrics
 
   return step
 
@@ -81,19 +92,22 @@ class Trainer:
     self._init = init
     self.abstract_state = jax.eval_shape(init, self.rng)
     replicated = sharding.replicated(self.mesh)
-    self.state_shardings = jax.tree.map(lambda _: replicated, self.abstract_state)
+    self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh,
+                                                    config.mesh.fsdp_min_size)
     batch_sh = sharding.batch_sharding(self.mesh)
-    self.train_step = jax.jit(make_train_step(self.task, self.tx, config.accum_steps),
+    traced = lambda fn: sharding.traced_under(self.mesh, fn)
+    self.train_step = jax.jit(traced(make_train_step(self.task, self.tx, config.accum_steps)),
                               in_shardings=(self.state_shardings, batch_sh, replicated),
                               out_shardings=(self.state_shardings, replicated),
                               donate_argnums=0)
-    self.eval_step = jax.jit(self.task.eval_step,
+    self.eval_step = jax.jit(traced(self.task.eval_step),
                              in_shardings=(self.state_shardings['params'], batch_sh),
                              out_shardings=replicated)
 
   def initial_state(self):
     """Fresh parameters (or fine-tuning ones from config.pretrained.path), placed sharded."""
-    state = jax.jit(self._init, out_shardings=self.state_shardings)(self.rng)
+    state = jax.jit(sharding.traced_under(self.mesh, self._init),
+                    out_shardings=self.state_shardings)(self.rng)
     path = self.config.pretrained.path
     if path:
       params = self.task.load_pretrained(jax.device_get(state['params']), path)
@@ -102,6 +116,15 @@ class Trainer:
                    opt_state=jax.jit(self.tx.init,
                                      out_shardings=self.state_shardings['opt_state'])(params))
     return state
+
+  def restore_newest(self, checkpoints, log=print):
+    """(state, step) from the newest good checkpoint onto this mesh, or (None, None)."""
+    abstract = checkpoint_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    try:
+      return checkpoints.restore_newest(abstract, log)
+    except checkpoint_lib.CheckpointMismatch as e:
+      hint = getattr(self.task, 'checkpoint_hint', None)
+      raise checkpoint_lib.CheckpointMismatch(f'{e} {hint()}' if hint else str(e)) from None
 
   def evaluate(self, params, source, preprocess):
     """Metrics over every example of the eval split: the task's step returns (sums, outputs);
@@ -118,70 +141,137 @@ class Trainer:
     return {k: float(v) for k, v in metrics.items()}
 
 
+NONFINITE_MODES = ('stop', 'skip')
+
+
+def prepare_workdir(workdir):
+  """Creates workdir and proves it writable before any work is done."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    tempfile.TemporaryFile(dir=workdir).close()
+  except OSError as e:
+    raise OSError(f'Cannot write to workdir {workdir!r} ({e.strerror or e}); choose a writable '
+                  '--workdir.') from None
+  return workdir
+
+
+class NonFiniteGuard:
+  """Reads the steps' non-finite flags on the host (only at log, eval and save steps, so the
+  device is never waited on per step): stops with an error or counts skipped steps."""
+
+  def __init__(self, mode):
+    if mode not in NONFINITE_MODES:
+      raise ValueError(f'Unknown on_nonfinite={mode!r}; expected one of {NONFINITE_MODES}.')
+    self.mode, self.pending, self.skipped = mode, [], 0
+
+  def add(self, step, metrics):
+    self.pending.append((step, metrics))
+
+  def check(self, last_checkpoint):
+    pending, self.pending = jax.device_get(self.pending), []
+    for step, metrics in pending:
+      if not metrics['nonfinite']:
+        continue
+      if self.mode == 'skip':
+        self.skipped += 1
+        continue
+      bad = {k: float(metrics[k]) for k in sorted(metrics, key=lambda k: (
+          k != 'loss', k != 'grad_norm', k)) if k != 'nonfinite' and not np.isfinite(metrics[k])}
+      where = (f'step {last_checkpoint}' if last_checkpoint else 'none yet')
+      raise FloatingPointError(
+          f'Non-finite {", ".join(bad)} at step {step} ({bad}). Training stopped without '
+          f'saving; the last good checkpoint is {where}. Lower the learning rate, or set '
+          '--config.on_nonfinite=skip to skip such steps and count them.')
+
+
 def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   """Trains to config.total_steps (resuming from workdir), evaluates, checkpoints.
 
   devices: the mesh's devices (default: all). stop_at_step: save and return there, as if
   interrupted; a later call resumes. Returns (final state, last eval metrics).
+  Raises preemption.Interrupted after saving when sent SIGTERM/SIGINT.
   """
-  os.makedirs(workdir, exist_ok=True)
+  prepare_workdir(workdir)
   trainer = Trainer(config, workdir, devices)
+  guard = NonFiniteGuard(config.on_nonfinite)
   train_source, eval_source, preprocess = trainer.task.datasets()
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir)
   main_process = jax.process_index() == 0
+  log = print if main_process else (lambda *_: None)
   if main_process:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  start = checkpoints.latest_step()
-  if start is None:
+  state, start = trainer.restore_newest(checkpoints, log)
+  if state is None:
     state, start = trainer.initial_state(), 0
   else:
-    if main_process:
-      print(f'Resuming from step {start} in {checkpoints.directory}')
-    state = checkpoints.restore(start, checkpoint_lib.abstract_with_shardings(
-        trainer.abstract_state, trainer.state_shardings))
+    log(f'Resuming from step {start} in {checkpoints.directory}')
 
   batches = pipeline.train_batches(train_source, preprocess.train, trainer.local_batch,
                                    seed=config.seed, start_step=start,
                                    num_threads=config.data.num_threads)
-  eval_metrics = {}
+  eval_metrics, saved = {}, start
   progress = tqdm.tqdm(total=config.total_steps, initial=start, disable=not main_process,
                        desc='train', unit='step', dynamic_ncols=True)
   window, window_start = [], time.perf_counter()
   last_step = min(config.total_steps, stop_at_step or config.total_steps)
-  for step in range(start + 1, last_step + 1):
-    batch = sharding.global_batch(next(batches), trainer.mesh)
-    state, metrics = trainer.train_step(state, batch, trainer.rng)
-    window.append(metrics)
-    progress.update(1)
+  try:
+    with preemption.StopOnSignal() as signals:
+      for step in range(start + 1, last_step + 1):
+        batch = sharding.global_batch(next(batches), trainer.mesh)
+        state, metrics = trainer.train_step(state, batch, trainer.rng)
+        guard.add(step, metrics)
+        window.append(metrics)
+        progress.update(1)
+        log_now = step % config.log_every == 0 or step == config.total_steps
+        eval_now = step % config.eval_every == 0 or step == config.total_steps
+        save_now = step % config.checkpoint_every == 0 or step == last_step
+        stop_now = signals.requested(agree=log_now)
+        if log_now or eval_now or save_now or stop_now:
+          guard.check(saved)
 
-    if step % config.log_every == 0 or step == config.total_steps:
-      window = jax.device_get(window)
-      elapsed = time.perf_counter() - window_start
-      scalars = {f'train/{k}': np.mean([m[k] for m in window]) for k in window[0]}
-      scalars['train/learning_rate'] = trainer.schedule(step - 1)
-      scalars['train/examples_per_sec'] = len(window) * config.batch_size / elapsed
-      writer.write(step, scalars)
-      progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
-                           ex_s=f"{scalars['train/examples_per_sec']:.0f}")
-      window, window_start = [], time.perf_counter()
+        if log_now:
+          window = jax.device_get(window)
+          elapsed = time.perf_counter() - window_start
+          counted = [m for m in window if not m['nonfinite']] or window  # Skipped: not averaged.
+          scalars = {f'train/{k}': np.mean([m[k] for m in counted]) for k in window[0]
+                     if k != 'nonfinite'}
+          scalars['train/learning_rate'] = trainer.schedule(step - 1)
+          scalars['train/examples_per_sec'] = len(window) * config.batch_size / elapsed
+          if config.on_nonfinite == 'skip':
+            scalars['train/skipped_steps'] = guard.skipped
+          writer.write(step, scalars)
+          progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                               ex_s=f"{scalars['train/examples_per_sec']:.0f}")
+          window, window_start = [], time.perf_counter()
 
-    if step % config.eval_every == 0 or step == config.total_steps:
-      eval_metrics = trainer.evaluate(state['params'], eval_source, preprocess.eval)
-      writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
-      progress.write(f'step {step}: ' + ', '.join(
-          f'eval {k} {v:.4f}' if k != 'count' else f'{int(v)} examples'
-          for k, v in eval_metrics.items()))
-      window_start = time.perf_counter()  # Eval time is not training throughput.
+        if eval_now and not stop_now:
+          eval_metrics = trainer.evaluate(state['params'], eval_source, preprocess.eval)
+          writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
+          if main_process:
+            progress.write(f'step {step}: ' + ', '.join(
+                f'eval {k} {v:.4f}' if k != 'count' else f'{int(v)} examples'
+                for k, v in eval_metrics.items()))
+          window_start = time.perf_counter()  # Eval time is not training throughput.
 
-    if step % config.checkpoint_every == 0 or step == last_step:
-      checkpoints.save(step, state)
-  progress.close()
-  checkpoints.wait()
-  checkpoints.close()
-  writer.close()
+        if save_now or stop_now:
+          checkpoints.save(step, state)
+          saved = step
+        if stop_now:
+          checkpoints.wait()
+          name = preemption.signal.Signals(signals.signum).name
+          raise preemption.Interrupted(
+              f'Stopped by {name} at step {step}; checkpoint saved in '
+              f'{checkpoints.directory}/{step}. Run the same command again (same --workdir) '
+              f'to resume from step {step}.', signals.signum)
+  finally:
+    progress.close()
+    checkpoints.wait()  # A save in flight completes, whatever stopped the loop.
+    checkpoints.close()
+    writer.close()
+
   if main_process and os.path.exists(writer.path):
     png = plots.training_curves(writer.path, os.path.join(workdir, 'training_curves.png'))
     if hasattr(trainer.task, 'write_plots'):  # Family-specific pictures (attention maps).
@@ -198,12 +288,10 @@ def restore_latest(config, workdir, devices=None):
   """(trainer, newest checkpointed state, its step) for export and inference."""
   trainer = Trainer(config, workdir, devices)
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
-  step = checkpoints.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpoints.directory}; train first.')
-  state = checkpoints.restore(step, checkpoint_lib.abstract_with_shardings(
-      trainer.abstract_state, trainer.state_shardings))
+  state, step = trainer.restore_newest(checkpoints)
   checkpoints.close()
+  if state is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpoints.directory}; train first.')
   return trainer, state, step
 
 

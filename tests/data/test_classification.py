@@ -112,3 +112,24 @@ def test_eval_batches_count_every_example_once():
   assert sorted(x[mask == 1].tolist()) == list(range(10))
   with pytest.raises(ValueError, match='The evaluation split is empty'):
     pipeline.eval_batches([], _identity, 4)
+
+
+def test_a_malformed_example_is_named(tmp_path):
+  for c in ('cat', 'dog'):
+    (tmp_path / 'train' / c).mkdir(parents=True)
+    for i in range(3):
+      Image.new('L', (9, 7), 40 * i).save(tmp_path / 'train' / c / f'{i}.png')
+  (tmp_path / 'train' / 'dog' / '1.png').write_bytes(b'not a png')
+  source = classification.make_source('folder', 'train', str(tmp_path))
+  prep = classification.Preprocess(image_size=8, augment='none', channels=3)
+  bad = tmp_path / 'train' / 'dog' / '1.png'
+  with pytest.raises(pipeline.MalformedExample,
+                     match=f"Training image '{bad}' is malformed: UnidentifiedImageError"):
+    next(pipeline.train_batches(source, prep.train, 6, seed=0))
+  with pytest.raises(pipeline.MalformedExample, match=f"Evaluation image '{bad}' is malformed"):
+    next(pipeline.eval_batches(source, prep.eval, 6))
+  mixed = [{'image': np.zeros((8, 8, c), np.uint8), 'label': 0} for c in (1, 1, 3, 1)]
+  gray = classification.Preprocess(image_size=8, augment='none', channels=1)
+  with pytest.raises(pipeline.MalformedExample, match='Evaluation example 2 is malformed: '
+                     'ValueError: Image has 3 channels; the model expects 1'):
+    next(pipeline.eval_batches(mixed, gray.eval, 4))

@@ -17,12 +17,12 @@ def write_coco(root, annotations, split='val', size=(20, 30)):
   (root / 'annotations' / f'instances_{split}.json').write_text(json.dumps(coco))
 
 
-def test_coco_loader_maps_categories_drops_crowd_and_clips(tmp_path):
+def test_coco_loader_maps_categories_drops_crowd_and_clips(tmp_path, caplog):
   write_coco(tmp_path, [
       {'id': 1, 'image_id': 7, 'category_id': 9, 'bbox': [2, 3, 4, 5], 'iscrowd': 0},
       {'id': 2, 'image_id': 7, 'category_id': 3, 'bbox': [15, 25, 10, 10], 'iscrowd': 0},
       {'id': 3, 'image_id': 7, 'category_id': 3, 'bbox': [0, 0, 5, 5], 'iscrowd': 1},
-      {'id': 4, 'image_id': 7, 'category_id': 3, 'bbox': [25, 0, 5, 5]}])  # Fully outside.
+      {'id': 4, 'image_id': 7, 'category_id': 3, 'bbox': [4, 4, 3, 0]}])  # Degenerate.
   source = detection.Coco(str(tmp_path), 'val')
   assert source.categories == ['cat', 'dog'] and source.category_ids == [3, 9]
   example = source[0]
@@ -30,6 +30,8 @@ def test_coco_loader_maps_categories_drops_crowd_and_clips(tmp_path):
   np.testing.assert_array_equal(example['labels'], [1, 0])
   np.testing.assert_allclose(example['boxes'], [[2, 3, 6, 8], [15, 25, 20, 30]])  # Clipped.
   assert len(source.ground_truth()['annotations']) == 4  # The evaluator sees crowd boxes.
+  assert caplog.messages == [f'1 boxes with zero width or height will be dropped, e.g. '
+                             f'{source.annotation_path}: annotation 4 (image 7).']
 
 
 @pytest.mark.parametrize('annotation,message', [
@@ -40,6 +42,8 @@ def test_coco_loader_maps_categories_drops_crowd_and_clips(tmp_path):
      r'annotation 6 \(image 7\) has category_id 4; the file defines \[3, 9\]'),
     ({'id': 8, 'image_id': 70, 'category_id': 3, 'bbox': [1, 1, 2, 3]},
      r'annotation 8 \(image 70\) refers to an image that is not in "images"'),
+    ({'id': 9, 'image_id': 7, 'category_id': 3, 'bbox': [25, 0, 5, 5]},
+     r'annotation 9 \(image 7\): bbox \[25, 0, 5, 5\] lies outside the 20x30 image'),
 ])
 def test_bad_annotations_are_named(tmp_path, annotation, message):
   write_coco(tmp_path, [annotation])

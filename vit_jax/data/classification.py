@@ -75,6 +75,9 @@ class ImageFolder:
   def __len__(self):
     return len(self.files)
 
+  def describe(self, i):
+    return f'image {str(self.files[i][0])!r}'
+
   def __getitem__(self, i):
     path, label = self.files[i]
     with Image.open(path) as image:

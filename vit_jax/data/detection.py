@@ -17,6 +17,7 @@ import os
 import pathlib
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from vit_jax.data import tfds_source
@@ -52,6 +53,8 @@ class Coco:
     self.categories = [c['name'] for c in cats]
     label_of = {cid: i for i, cid in enumerate(self.category_ids)}
     self.targets = {im['id']: [] for im in self.images}
+    size_of = {im['id']: (im.get('width'), im.get('height')) for im in self.images}
+    degenerate = []
     for ann in self.coco['annotations']:
       bbox = ann.get('bbox')
       where = f'{self.annotation_path}: annotation {ann.get("id")} (image {ann.get("image_id")})'
@@ -63,8 +66,17 @@ class Coco:
       if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
         raise ValueError(f'{where}: bbox must be [x, y, width, height] with width, height '
                          f'≥ 0, got {bbox!r}.')
+      x, y, w, h = bbox
+      width, height = size_of[ann['image_id']]
+      if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0) and w * h:
+        raise ValueError(f'{where}: bbox {bbox} lies outside the {width}x{height} image.')
+      if not w * h:  # COCO 2017 train has two; DETR drops them too.
+        degenerate.append(where)
       if not ann.get('iscrowd', 0):
         self.targets[ann['image_id']].append((bbox, label_of[ann['category_id']]))
+    if degenerate:
+      logging.warning('%d boxes with zero width or height will be dropped, e.g. %s.',
+                      len(degenerate), degenerate[0])
 
   def __len__(self):
     return len(self.images)

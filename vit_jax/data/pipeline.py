@@ -3,12 +3,43 @@
 Batch `s` of training is a pure function of (seed, s): resuming at step s reproduces the run
 exactly, with no iterator state in the checkpoint. Each process reads only its own rows of
 every global batch, so N processes see the same global batches as one process would.
+An example that fails to load or preprocess is named in the error (its index, or what the
+source's `describe(index)` says, e.g. a file path), not lost in a stack trace.
 """
 import math
 
 import grain
 import jax
 import numpy as np
+
+
+class MalformedExample(ValueError):
+  """An example that cannot be read or preprocessed; the message names it."""
+
+
+def describe(source, index):
+  return source.describe(index) if hasattr(source, 'describe') else f'example {index}'
+
+
+class _Indexed:
+  """source[i] → (i, example), naming the example if reading it fails."""
+
+  def __init__(self, source, what):
+    self.source, self.what = source, what
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    return index, call_naming(self.source, index, self.what, self.source.__getitem__, index)
+
+
+def call_naming(source, index, what, fn, *args):
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise MalformedExample(f'{what} {describe(source, index)} is malformed: '
+                           f'{type(e).__name__}: {e}') from e
 
 
 def _host_rows(ds, local_batch):
@@ -27,8 +58,9 @@ def train_batches(source, preprocess, local_batch, *, seed, start_step=0, num_th
   `preprocess(example, rng)` gets a numpy Generator seeded by (seed, example position), so
   augmentation is deterministic too. Epochs are reshuffled.
   """
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds.random_map(preprocess, seed=seed + 1)
+  ds = grain.MapDataset.source(_Indexed(source, 'Training')).shuffle(seed=seed).repeat()
+  ds = ds.random_map(lambda pair, rng: call_naming(source, pair[0], 'Training', preprocess,
+                                                   pair[1], rng), seed=seed + 1)
   return _iterate(_host_rows(ds, local_batch)[start_step:], num_threads)
 
 
@@ -44,7 +76,9 @@ class _Padded:
     return self.length
 
   def __getitem__(self, index):
-    example = self.preprocess(self.source[min(index, len(self.source) - 1)])
+    real = min(index, len(self.source) - 1)
+    example = call_naming(self.source, real, 'Evaluation',
+                          lambda: self.preprocess(self.source[real]))
     return dict(example, mask=np.float32(index < len(self.source)))
 
 

@@ -1,7 +1,8 @@
 """Encoder and decoder blocks and stacks shared by the three families.
 
 `norm_first=True` is pre-LayerNorm (ViT), `False` post-LayerNorm (the original Transformer,
-DETR). Positions given as `pos`/`query_pos` are added to queries and keys only (DETR §3.2);
+DETR). `remat=True` recomputes each block's activations in the backward pass (less memory
+for deep models, about a third more compute). Positions given as `pos`/`query_pos` are added to queries and keys only (DETR §3.2);
 the Transformer and ViT add theirs to the input instead and pass None.
 """
 from typing import Any
@@ -18,6 +19,11 @@ ACTIVATIONS = {
     'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
     'relu': jax.nn.relu,
 }
+
+
+# Logical names of a block's output [B, L, D]; the trainer maps them to mesh axes
+# (vit_jax/sharding.py) and without its rules they do nothing.
+ACTIVATION_AXES = ('batch', 'length', 'embed')
 
 
 def with_pos(x, pos):
@@ -76,7 +82,7 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, mask=None, pos=None, deterministic=True):
+  def __call__(self, x, mask=None, pos=None, deterministic=True):
     """x [B, L, D], mask [B, 1, L, L] or [B, 1, 1, L], pos [B, L, D] → (x, attention weights)."""
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
     attn = attention.MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
@@ -115,7 +121,7 @@ class DecoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, memory, *, self_mask=None, cross_mask=None, query_pos=None,
+  def __call__(self, x, memory, self_mask=None, cross_mask=None, query_pos=None,
                memory_pos=None, deterministic=True):
     """x [B, Lq, D], memory [B, Lk, D] → (x, {'self': weights, 'cross': weights})."""
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
@@ -172,9 +178,11 @@ class Encoder(nn.Module):
   activation: str = 'gelu'
   layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, *, mask=None, pos=None, deterministic=True):
+    block = nn.remat(EncoderBlock, static_argnums=(4,)) if self.remat else EncoderBlock
     if self.learned_posemb:
       x = posemb.AddPositionEmbs(name='posembed_input')(x)
       x = nn.Dropout(self.dropout_rate)(x, deterministic)
@@ -182,10 +190,11 @@ class Encoder(nn.Module):
     for i in range(self.num_layers):
       # Stochastic depth grows linearly with depth (Huang et al. 2016).
       rate = self.droppath_rate * i / max(self.num_layers - 1, 1)
-      x, w = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                          self.attention_dropout_rate, rate, self.norm_first, self.activation,
-                          self.layer_norm_eps, self.dtype, name=f'encoderblock_{i}')(
-                              x, mask=mask, pos=pos, deterministic=deterministic)
+      x, w = block(self.num_heads, self.mlp_dim, self.dropout_rate,
+                   self.attention_dropout_rate, rate, self.norm_first, self.activation,
+                   self.layer_norm_eps, self.dtype, name=f'encoderblock_{i}')(
+                       x, mask, pos, deterministic)
+      x = nn.with_logical_constraint(x, ACTIVATION_AXES)
       layers.append(x)
       weights.append(w)
     if self.final_norm:
@@ -209,22 +218,25 @@ class Decoder(nn.Module):
   layer_norm_eps: float = 1e-5
   decode: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, memory, *, self_mask=None, cross_mask=None, query_pos=None,
                memory_pos=None, deterministic=True):
+    block = DecoderBlock
+    if self.remat and not self.decode:  # Decoding keeps no activations for a backward pass.
+      block = nn.remat(DecoderBlock, static_argnums=(7,))
     norm = None
     if self.final_norm:
       norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name='decoder_norm')
     layers, weights = [], []
     for i in range(self.num_layers):
       rate = self.droppath_rate * i / max(self.num_layers - 1, 1)
-      x, w = DecoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                          self.attention_dropout_rate, rate, self.norm_first, self.activation,
-                          self.layer_norm_eps, self.decode, self.dtype, name=f'decoderblock_{i}')(
-                              x, memory, self_mask=self_mask, cross_mask=cross_mask,
-                              query_pos=query_pos, memory_pos=memory_pos,
-                              deterministic=deterministic)
+      x, w = block(self.num_heads, self.mlp_dim, self.dropout_rate,
+                   self.attention_dropout_rate, rate, self.norm_first, self.activation,
+                   self.layer_norm_eps, self.decode, self.dtype, name=f'decoderblock_{i}')(
+                       x, memory, self_mask, cross_mask, query_pos, memory_pos, deterministic)
+      x = nn.with_logical_constraint(x, ACTIVATION_AXES)
       layers.append(norm(x) if (norm and self.norm_every_output) else x)
       weights.append(w)
     if norm is not None:

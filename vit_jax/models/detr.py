@@ -50,7 +50,8 @@ class DETR(nn.Module):
   d_ff: int = 2048
   dropout_rate: float = 0.1
   position_embedding: str = 'sine'  # or 'learned'
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  remat: bool = False  # Of the transformer blocks.
 
   def setup(self):
     self.backbone = resnet.ResNet(**resnet.decode_variant(self.backbone_name),
@@ -64,7 +65,8 @@ class DETR(nn.Module):
       raise ValueError(f"Unknown position_embedding {self.position_embedding!r}; expected "
                        "'sine' or 'learned'.")
     stack = dict(num_heads=self.num_heads, mlp_dim=self.d_ff, dropout_rate=self.dropout_rate,
-                 norm_first=False, activation='relu', layer_norm_eps=1e-5, dtype=self.dtype)
+                 norm_first=False, activation='relu', layer_norm_eps=1e-5, dtype=self.dtype,
+                 remat=self.remat)
     self.encoder = transformer.Encoder(self.num_encoder_layers, final_norm=False, **stack)
     self.decoder = transformer.Decoder(self.num_decoder_layers, final_norm=True,
                                        norm_every_output=True, **stack)

@@ -46,7 +46,8 @@ class Transformer(nn.Module):
   layer_norm_eps: float = 1e-5
   pad_id: int = 0
   decode: bool = False
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  remat: bool = False
 
   def setup(self):
     self.embed = nn.Embed(self.vocab_size, self.d_model,
@@ -64,7 +65,8 @@ class Transformer(nn.Module):
     stack = dict(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.d_ff,
                  dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                  norm_first=self.norm_first, final_norm=self.final_norm,
-                 activation=self.activation, layer_norm_eps=self.layer_norm_eps, dtype=self.dtype)
+                 activation=self.activation, layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
+                 remat=self.remat)
     self.encoder = transformer.Encoder(**stack, name='encoder')
     self.decoder = transformer.Decoder(**stack, decode=self.decode, name='decoder')
     self.dropout = nn.Dropout(self.dropout_rate)

@@ -46,7 +46,8 @@ class VisionTransformer(nn.Module):
   representation_size: Optional[int] = None
   activation: str = 'gelu'
   head_bias_init: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images, *, train=False):
@@ -76,7 +77,7 @@ class VisionTransformer(nn.Module):
     x, aux = transformer.Encoder(
         self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
         self.attention_dropout_rate, self.droppath_rate, norm_first=True, final_norm=True,
-        learned_posemb=True, activation=self.activation, dtype=self.dtype,
+        learned_posemb=True, activation=self.activation, dtype=self.dtype, remat=self.remat,
         name='Transformer')(x, deterministic=not train)
     aux = dict(aux, tokens=x, grid=(gh, gw))
 

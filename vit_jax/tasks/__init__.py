@@ -1,4 +1,15 @@
 """Tasks: what the one trainer needs from a model family (data, init, loss, eval metrics)."""
+import jax.numpy as jnp
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def precision(config):
+  """Model keyword arguments for config.dtype (compute; parameters, softmax and loss stay
+  float32, matmuls accumulate in float32) and config.remat."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f'Unknown dtype {config.dtype!r}; expected one of {DTYPES}.')
+  return {'dtype': jnp.dtype(config.dtype), 'remat': config.remat}
 
 
 def get_task(name):

@@ -4,6 +4,7 @@ import numpy as np
 import optax
 
 from vit_jax import pretrained
+from vit_jax import tasks
 from vit_jax.data import classification as data
 from vit_jax.models import vit
 
@@ -29,7 +30,7 @@ class ClassificationTask:
   def __init__(self, config, workdir=None):
     del workdir  # Nothing to keep beside the checkpoint.
     self.config = config
-    self.model = build_model(**config.model)
+    self.model = build_model(**config.model, **tasks.precision(config))
     self.label_smoothing = config.get('label_smoothing', 0.0)
 
   # Data ----------------------------------------------------------------------------------------

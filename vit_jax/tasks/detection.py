@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import tasks
 from vit_jax.data import detection as data
 from vit_jax.evaluators import coco
 from vit_jax.models import detr
@@ -107,7 +108,8 @@ class DetectionTask:
     if m['num_queries'] < c.max_boxes:
       raise ValueError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
                        f'{c.max_boxes}: every target needs a query.')
-    self.model = detr.DETR(num_classes=len(self.train_source.categories), **m)
+    self.model = detr.DETR(num_classes=len(self.train_source.categories), **m,
+                           **tasks.precision(config))
     self.loss_config = dict(config.loss)
     self.aux_loss = self.loss_config.pop('aux_loss')
 

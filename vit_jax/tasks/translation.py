@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 
+from vit_jax import tasks
 from vit_jax.data import tokenizers
 from vit_jax.data import translation as data
 from vit_jax.models import transformer
@@ -54,7 +55,8 @@ class TranslationTask:
     kwargs = transformer.decode_size(config.model.size)
     kwargs.update({k: v for k, v in config.model.items() if v is not None and k != 'size'})
     self.model = transformer.Transformer(vocab_size=self.tokenizer.vocab_size,
-                                         pad_id=tokenizers.PAD, **kwargs)
+                                         pad_id=tokenizers.PAD, **kwargs,
+                                         **tasks.precision(config))
     self.label_smoothing = config.get('label_smoothing', 0.0)
     self.bleu = sacrebleu.metrics.BLEU(tokenize=config.get('bleu_tokenize', '13a'))
 
@@ -62,15 +64,30 @@ class TranslationTask:
     """The workdir's tokenizer when resuming (it must match the checkpoint), else a new one
     trained on the training text and saved there."""
     path = os.path.join(workdir, 'tokenizer.json') if workdir else None
-    if path and os.path.exists(path):
-      return tokenizers.load(path)
+    self.tokenizer_path = path
     c = self.config.data
+    if path and os.path.exists(path):
+      tokenizer = tokenizers.load(path)
+      kind = tokenizer.to_json()['type']
+      if kind != c.tokenizer or (kind == 'sentencepiece' and
+                                 tokenizer.vocab_size != c.vocab_size):
+        raise ValueError(
+            f'{path} is a {kind} tokenizer of {tokenizer.vocab_size} tokens, but the config '
+            f'asks for data.tokenizer={c.tokenizer!r}, data.vocab_size={c.vocab_size}. The '
+            'checkpoints in this workdir were trained with the file: use its settings, or a '
+            'new --workdir.')
+      return tokenizer
     texts = data.sample_texts(self.train_source, c.tokenizer_examples)
     tokenizer = tokenizers.train(c.tokenizer, texts, c.vocab_size)
     if path and jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
       tokenizers.save(tokenizer, path)
     return tokenizer
+
+  def checkpoint_hint(self):
+    """Said when a checkpoint does not fit the model: the vocabulary decides its embedding."""
+    return (f'The vocabulary ({self.tokenizer_path or "a new tokenizer"}) has '
+            f'{self.tokenizer.vocab_size} tokens.')
 
   def datasets(self):
     c = self.config.data

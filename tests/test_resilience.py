@@ -1,0 +1,164 @@
+"""Interruptions, damaged checkpoints, non-finite steps and unusable workdirs."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import vit as vit_config
+from vit_jax import checkpoint
+from vit_jax import metrics
+from vit_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(**overrides):
+  config = vit_config.get_config('tiny')
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def params_of(state):
+  return jax.device_get(state['params'])
+
+
+def restored_params(config, workdir, step):
+  trainer = train.Trainer(config)
+  checkpoints = checkpoint.Checkpointer(str(workdir), keep=3)
+  state = checkpoints.restore(step, checkpoint.abstract_with_shardings(
+      trainer.abstract_state, trainer.state_shardings))
+  checkpoints.close()
+  return params_of(state)
+
+
+def test_sigterm_saves_a_checkpoint_and_resuming_equals_an_uninterrupted_run(tmp_path):
+  overrides = {'total_steps': 120, 'log_every': 1, 'eval_every': 1000,
+               'checkpoint_every': 1000, 'model.num_layers': 1, 'model.droppath_rate': 0.1}
+  command = [sys.executable, 'main.py', '--config=configs/vit.py:tiny',
+             f'--workdir={tmp_path / "run"}'] + [f'--config.{k}={v}' for k, v in
+                                                 overrides.items()]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  log = tmp_path / 'run' / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while not (log.exists() and len(log.read_text().splitlines()) >= 5):
+    assert process.poll() is None and time.time() < deadline, process.communicate()
+    time.sleep(0.02)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  [stopped] = [int(d) for d in os.listdir(tmp_path / 'run' / 'checkpoints')]
+  assert 5 <= stopped < 120
+  assert (f'Stopped by SIGTERM at step {stopped}; checkpoint saved in '
+          f'{tmp_path / "run" / "checkpoints" / str(stopped)}. Run the same command again '
+          f'(same --workdir) to resume from step {stopped}.') in stderr
+
+  resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resuming from step {stopped}' in resumed.stdout
+
+  config = tiny(**overrides)
+  uninterrupted, _ = train.train_and_evaluate(config, str(tmp_path / 'whole'))
+  jax.tree.map(np.testing.assert_array_equal, params_of(uninterrupted),
+               restored_params(config, tmp_path / 'run', 120))
+
+
+def test_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
+  config = tiny(total_steps=4, eval_every=100, checkpoint_every=2)
+  train.train_and_evaluate(config, str(tmp_path), stop_at_step=4)
+  at_two = restored_params(config, tmp_path, 2)
+  for folder, _, files in os.walk(tmp_path / 'checkpoints' / '4'):
+    for name in files:  # A disk that filled up mid-write.
+      path = os.path.join(folder, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+  trainer = train.Trainer(config)
+  checkpoints = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  state, step = trainer.restore_newest(checkpoints)
+  checkpoints.close()
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, at_two, params_of(state))
+  out = capsys.readouterr().out
+  assert f'Checkpoint {tmp_path / "checkpoints" / "4"} is damaged and was set aside as 4.damaged' \
+      in out
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4.damaged']  # Nothing deleted.
+
+  _, _ = train.train_and_evaluate(config, str(tmp_path))  # Resumes from 2, saves 4 again.
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4', '4.damaged']
+
+
+def test_a_save_cut_short_never_replaces_the_last_good_checkpoint(tmp_path):
+  config = tiny(total_steps=2, eval_every=100, checkpoint_every=2)
+  state, _ = train.train_and_evaluate(config, str(tmp_path))
+  # Orbax writes into a temporary folder and renames it when complete: a crash mid-save
+  # leaves only the temporary folder, half written.
+  partial = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1763900000000000'
+  shutil.copytree(tmp_path / 'checkpoints' / '2', partial)
+  for folder, _, files in os.walk(partial):
+    for name in files:
+      os.truncate(os.path.join(folder, name), 0)
+  checkpoints = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  assert checkpoints.latest_step() == 2
+  checkpoints.close()
+  _, restored, step = train.restore_latest(config, str(tmp_path))
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, params_of(state), params_of(restored))
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  # A learning rate of 1e30 makes step 1's update finite but step 2's logits overflow.
+  config = tiny(total_steps=5, eval_every=100, checkpoint_every=1, log_every=100,
+                **{'optim.learning_rate': 1e30, 'optim.warmup_steps': 0})
+  with pytest.raises(FloatingPointError,
+                     match=r"Non-finite loss, grad_norm at step 2 \(\{'loss': nan, "
+                           r"'grad_norm': nan\}\)\. Training stopped without saving; the last "
+                           r"good checkpoint is step 1\. .*--config.on_nonfinite=skip"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']
+
+
+def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
+  config = tiny(total_steps=5, eval_every=100, checkpoint_every=1, log_every=5,
+                keep_checkpoints=5, on_nonfinite='skip', **{'optim.learning_rate': 1e30, 'optim.warmup_steps': 0})
+  state, _ = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state['step']) == 5
+  # Steps 2-5 were skipped: the parameters are still those after step 1.
+  jax.tree.map(np.testing.assert_array_equal, restored_params(config, tmp_path, 1),
+               params_of(state))
+  [row] = [r for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl')) if 'train/loss' in r]
+  assert row['train/skipped_steps'] == 4
+
+
+def test_unknown_nonfinite_mode_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"Unknown on_nonfinite='ignore'; expected one of "
+                                       r"\('stop', 'skip'\)"):
+    train.train_and_evaluate(tiny(on_nonfinite='ignore'), str(tmp_path))
+
+
+def test_a_checkpoint_of_another_model_is_named_not_restored(tmp_path):
+  train.train_and_evaluate(tiny(total_steps=1, eval_every=100), str(tmp_path))
+  wider = tiny(total_steps=2, **{'model.mlp_dim': 48})
+  with pytest.raises(checkpoint.CheckpointMismatch,
+                     match=r"does not match the model: "
+                           r"params/Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias is "
+                           r"float32\[64\] in the checkpoint but float32\[48\] in the model\. "
+                           r"Was it written with another config\?"):
+    train.train_and_evaluate(wider, str(tmp_path))
+  deeper = tiny(total_steps=2, **{'model.num_layers': 3})
+  with pytest.raises(checkpoint.CheckpointMismatch, match=r"the model has \[.*encoderblock_2"):
+    train.train_and_evaluate(deeper, str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']  # Left as it was.
+
+
+def test_a_workdir_that_cannot_be_written_is_named(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(OSError, match=f"Cannot write to workdir '{blocker}/run' "
+                                    r"\(Not a directory\); choose a writable --workdir"):
+    train.train_and_evaluate(tiny(), str(blocker / 'run'))
