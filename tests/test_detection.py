@@ -49,3 +49,15 @@ def test_tiny_detr_run_learns_and_is_evaluated_with_coco_ap(tmp_path):
   assert losses[-1] < 0.8 * losses[0]
   assert (tmp_path / 'work' / 'detections.png').exists()
   assert (tmp_path / 'shapes' / 'annotations' / 'instances_train.json').exists()
+
+
+def test_encoder_attention_is_read_from_the_cell_under_each_pixel():
+  # A 4x6 feature grid whose unpadded part (the image) is the top-left 2x3 cells.
+  mask = np.zeros((1, 4, 6), bool)
+  mask[0, :2, :3] = True
+  weights = np.zeros((1, 2, 24, 24))
+  weights[0, :, 1 * 6 + 2, 0 * 6 + 1] = 1.0  # Cell (1, 2) attends to cell (0, 1).
+  aux = {'encoder_attention': [weights], 'feature_mask': mask}
+  [from_cell] = detection.DetectionTask.encoder_attention_at(aux, 0, [(25, 15)], image_size=(20, 30))
+  assert from_cell.shape == (2, 3)
+  np.testing.assert_array_equal(from_cell, [[0, 1, 0], [0, 0, 0]])

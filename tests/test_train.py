@@ -39,7 +39,8 @@ def test_training_lowers_the_loss_and_learns_digits(tmp_path):
   assert losses[-1] < 0.85 * losses[0]
   assert result['count'] == 360  # Every test example, the last partial batch included.
   assert result['accuracy'] > 0.25  # Chance is 0.1.
-  for f in ('training_curves.png', 'config.json', 'tensorboard', 'checkpoints/150'):
+  for f in ('training_curves.png', 'attention_rollout.png', 'config.json', 'tensorboard',
+            'checkpoints/150'):
     assert (tmp_path / f).exists(), f
 
 

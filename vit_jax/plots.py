@@ -84,3 +84,42 @@ def attention_per_object(image, objects, png_path, title='Decoder cross-attentio
   for ax in axes[0]:
     ax.axis('off')
   return _save(fig, png_path, title)
+
+
+def attention_maps(panels, png_path, title='Attention rollout'):
+  """One column per (image [H, W] or [H, W, C], map [h, w] over the image, caption): the
+  image above, the map stretched over it below."""
+  fig, axes = plt.subplots(2, len(panels), figsize=(2.4 * len(panels), 5), squeeze=False)
+  for (top, bottom), (image, weights, caption) in zip(axes.T, panels):
+    height, width = image.shape[:2]
+    cmap = 'gray' if image.ndim == 2 or image.shape[-1] == 1 else None
+    image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    top.imshow(image, cmap=cmap)
+    top.set_title(caption, fontsize=8)
+    bottom.imshow(image, cmap=cmap, alpha=0.5)
+    bottom.imshow(weights, cmap='inferno', alpha=0.6, extent=(0, width, height, 0),
+                  interpolation='bilinear')
+  for ax in axes.ravel():
+    ax.axis('off')
+  return _save(fig, png_path, title)
+
+
+def attention_at_points(image, points, maps, png_path,
+                        title='Encoder self-attention at chosen pixels'):
+  """DETR Fig. 3: the image with the chosen pixels (x, y) marked, then for each pixel the
+  encoder's attention map [h, w] from that position, stretched over the image."""
+  fig, axes = plt.subplots(1, len(points) + 1, figsize=(3 * (len(points) + 1), 3.3),
+                           squeeze=False)
+  colours = plt.cm.tab10.colors
+  height, width = image.shape[:2]
+  axes[0, 0].imshow(image)
+  axes[0, 0].set_title('image')
+  for i, ((x, y), weights, ax) in enumerate(zip(points, maps, axes[0, 1:])):
+    colour = colours[i % len(colours)]
+    axes[0, 0].plot(x, y, 'o', color=colour, markersize=8, markeredgecolor='white')
+    ax.imshow(weights, cmap='viridis', extent=(0, width, height, 0), interpolation='nearest')
+    ax.plot(x, y, 'o', color=colour, markersize=6, markeredgecolor='white')
+    ax.set_title(f'from pixel ({x:.0f}, {y:.0f})', fontsize=8)
+  for ax in axes[0]:
+    ax.axis('off')
+  return _save(fig, png_path, title)

@@ -50,6 +50,10 @@ class StopOnSignal:
     print(f'\nReceived {signal.Signals(signum).name}: finishing this step and saving a '
           'checkpoint (send it again to stop at once, without saving).', flush=True)
 
+  @property
+  def name(self):
+    return signal.Signals(self.signum).name if self.signum else None
+
   def requested(self, agree):
     """True when training should stop after this step. With several processes, decided only
     where `agree` is true (the same steps on every process): stop if any process was told."""

@@ -261,9 +261,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
           saved = step
         if stop_now:
           checkpoints.wait()
-          name = preemption.signal.Signals(signals.signum).name
           raise preemption.Interrupted(
-              f'Stopped by {name} at step {step}; checkpoint saved in '
+              f'Stopped by {signals.name} at step {step}; checkpoint saved in '
               f'{checkpoints.directory}/{step}. Run the same command again (same --workdir) '
               f'to resume from step {step}.', signals.signum)
   finally:

@@ -106,3 +106,18 @@ def test_heads_must_divide_features():
   module = attention.MultiHeadAttention(num_heads=3)
   with pytest.raises(ValueError, match='qkv_features=8 is not divisible by num_heads=3'):
     module.init(jax.random.key(0), jnp.ones((1, 2, 8)))
+
+
+def test_bfloat16_matmul_gradients_run_in_bfloat16_and_match_float32():
+  x = jax.random.normal(jax.random.key(0), (16, 32))
+  w = jax.random.normal(jax.random.key(1), (32, 8))
+  loss = lambda dtype: lambda x, w: (attention.matmul(x, w, dtype).astype(jnp.float32) ** 2).sum()
+  want = jax.grad(loss(jnp.float32), argnums=(0, 1))(x, w)
+  grad_fn = jax.grad(loss(jnp.bfloat16), argnums=(0, 1))
+  got = grad_fn(x, w)
+  for g, h in zip(got, want):
+    assert g.dtype == jnp.float32  # The operands' own dtype.
+    np.testing.assert_allclose(g, h, rtol=0.05, atol=0.05 * np.abs(h).max())
+  hlo = jax.jit(grad_fn).lower(x, w).as_text()
+  backward = [line for line in hlo.splitlines() if 'dot_general' in line]
+  assert len(backward) == 3 and all('bf16' in line for line in backward), backward

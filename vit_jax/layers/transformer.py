@@ -46,8 +46,7 @@ class MlpBlock(nn.Module):
     dense = lambda features, name: nn.Dense(
         features, dtype=self.dtype, name=name, kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6),
-        dot_general=lambda *a, **k: jax.lax.dot_general(
-            *a, **k, preferred_element_type=jnp.float32).astype(self.dtype))
+        dot_general=lambda x, w, *_, **__: attention.matmul(x, w, self.dtype))
     y = dense(self.mlp_dim, 'Dense_0')(x.reshape(-1, dim))
     y = ACTIVATIONS[self.activation](y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic)

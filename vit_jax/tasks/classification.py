@@ -1,4 +1,6 @@
 """Image classification with a Vision Transformer: data, loss, metrics, fine-tuning."""
+import os
+
 import jax
 import numpy as np
 import optax
@@ -7,6 +9,7 @@ from vit_jax import pretrained
 from vit_jax import tasks
 from vit_jax.data import classification as data
 from vit_jax.models import vit
+from vit_jax.ops import rollout
 
 
 def build_model(variant=None, **kwargs):
@@ -89,3 +92,27 @@ class ClassificationTask:
   def predict(self, params, images):
     logits, aux = self.model.apply({'params': params}, images, train=False)
     return jax.nn.softmax(logits), aux
+
+  def attention_maps(self, params, images):
+    """(class probabilities [B, C], attention rollout of the class token [B, rows, cols])."""
+    probs, aux = jax.device_get(self.predict(params, images))
+    if self.model.classifier != 'token':
+      raise ValueError("Attention rollout follows the class token; model.classifier='gap' "
+                       'has none.')
+    return probs, rollout.class_token_map(rollout.attention_rollout(aux['attention']),
+                                          aux['grid'])
+
+  def write_plots(self, params, workdir, num_images=8):
+    """attention_rollout.png: where the class token looks, for a few eval images."""
+    from vit_jax import plots
+    if self.model.classifier != 'token':
+      return None
+    _, source, preprocess = self.datasets()
+    examples = [preprocess.eval(source[i]) for i in range(min(num_images, len(source)))]
+    images = np.stack([e['image'] for e in examples])
+    probs, maps = self.attention_maps(params, images)
+    shown = (images - images.min()) / max(np.ptp(images), 1e-6)  # Back to [0, 1] for display.
+    panels = [(img, m, f'label {e["label"]}, predicted {p.argmax()} ({p.max():.2f})')
+              for img, m, e, p in zip(shown, maps, examples, probs)]
+    return plots.attention_maps(panels, os.path.join(workdir, 'attention_rollout.png'),
+                                'Attention rollout of the class token')

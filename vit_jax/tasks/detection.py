@@ -205,4 +205,25 @@ class DetectionTask:
                for q, box, caption in zip(kept[0], panels[0][1], panels[0][2])]
     if objects:
       plots.attention_per_object(image, objects, os.path.join(workdir, 'detr_attention.png'))
+      # Encoder self-attention from each detected object's centre (DETR Fig. 3).
+      points = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in panels[0][1]]
+      maps = self.encoder_attention_at(aux, 0, points, image.shape[:2])
+      plots.attention_at_points(image, points, maps,
+                                os.path.join(workdir, 'encoder_attention.png'))
     return path
+
+  @staticmethod
+  def encoder_attention_at(aux, index, points, image_size):
+    """The last encoder layer's attention (mean over heads) from the feature cells under
+    `points` ((x, y) pixels of batch element `index`, an image of `image_size` (h, w) before
+    resizing), each as a map over the unpadded feature grid (which covers the image)."""
+    weights = np.asarray(aux['encoder_attention'][-1][index]).mean(0)  # [h*w, h*w]
+    valid = np.asarray(aux['feature_mask'][index])
+    fh, fw = valid.shape
+    rows, cols = valid.any(1).sum(), valid.any(0).sum()
+    maps = []
+    for x, y in points:
+      r = min(int(y / image_size[0] * rows), rows - 1)
+      c = min(int(x / image_size[1] * cols), cols - 1)
+      maps.append(weights[r * fw + c].reshape(fh, fw)[:rows, :cols])
+    return maps
