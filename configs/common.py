@@ -15,6 +15,7 @@ def trainer_config():
   c.keep_checkpoints = 3
   c.dtype = 'float32'           # Compute dtype, or 'bfloat16' (parameters stay float32).
   c.remat = False               # Recompute transformer blocks in the backward pass.
+  c.scan_layers = False         # Each block stack as one nn.scan: compiles once for any depth.
   c.on_nonfinite = 'stop'       # Non-finite loss/gradients: 'stop' with an error, or 'skip'.
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,

@@ -4,38 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import detr as detr_config
-from configs import transformer as transformer_config
-from configs import vit as vit_config
-from vit_jax import tasks
+from helpers import FAMILIES
+from helpers import loss_and_grads
+from helpers import tiny
 from vit_jax import train
-
-
-def tiny(module, **overrides):
-  config = module.get_config('tiny')
-  config.update_from_flattened_dict(overrides)
-  return config
-
-
-def loss_and_grads(config, tmp_path, params=None):
-  task = tasks.get_task(config.task)(config, str(tmp_path))
-  train_source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = [preprocess.train(train_source[i], rng) for i in range(4)]
-  batch = jax.tree.map(lambda *x: np.stack(x), *batch)
-  if params is None:
-    params = task.init(jax.random.key(0), batch)
-  grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
-  (loss, _), grads = grad_fn(params, batch, jax.random.key(1))
-  return params, loss, grads
-
-
-CONFIGS = {'vit': vit_config, 'transformer': transformer_config, 'detr': detr_config}
 
 
 @pytest.mark.parametrize('family', ['vit', 'transformer'])  # Encoder and decoder blocks.
 def test_remat_changes_memory_not_results(family, tmp_path):
-  config = tiny(CONFIGS[family], **{'model.dropout_rate': 0.1} if family != 'vit' else {})
+  config = tiny(family, **{'model.dropout_rate': 0.1} if family != 'vit' else {})
   params, loss, grads = loss_and_grads(config, tmp_path)
   config.remat = True
   _, remat_loss, remat_grads = loss_and_grads(config, tmp_path, params)
@@ -44,9 +21,9 @@ def test_remat_changes_memory_not_results(family, tmp_path):
                remat_grads)
 
 
-@pytest.mark.parametrize('family', sorted(CONFIGS))
+@pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_bfloat16_compute_keeps_float32_parameters_and_loss(family, tmp_path):
-  config = tiny(CONFIGS[family])
+  config = tiny(family)
   params, loss, grads = loss_and_grads(config, tmp_path)
   config.dtype = 'bfloat16'
   _, bf16_loss, bf16_grads = loss_and_grads(config, tmp_path, params)
@@ -62,7 +39,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(family, tmp_path):
 
 
 def test_bfloat16_training_learns(tmp_path):
-  config = tiny(vit_config, dtype='bfloat16', total_steps=60, batch_size=64, eval_every=60,
+  config = tiny('vit', dtype='bfloat16', total_steps=60, batch_size=64, eval_every=60,
                 log_every=10, **{'optim.learning_rate': 3e-3, 'data.augment': 'none'})
   state, result = train.train_and_evaluate(config, str(tmp_path))
   assert {p.dtype for p in jax.tree.leaves(state['params'])} == {jnp.dtype(jnp.float32)}
@@ -72,4 +49,4 @@ def test_bfloat16_training_learns(tmp_path):
 def test_unknown_dtype_is_named():
   with pytest.raises(ValueError, match=r"Unknown dtype 'float16'; expected one of "
                                        r"\('float32', 'bfloat16'\)"):
-    train.Trainer(tiny(vit_config, dtype='float16'))
+    train.Trainer(tiny('vit', dtype='float16'))

@@ -10,22 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import vit as vit_config
+from helpers import params_of
+from helpers import tiny
 from vit_jax import checkpoint
 from vit_jax import metrics
 from vit_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny(**overrides):
-  config = vit_config.get_config('tiny')
-  config.update_from_flattened_dict(overrides)
-  return config
-
-
-def params_of(state):
-  return jax.device_get(state['params'])
 
 
 def restored_params(config, workdir, step):

@@ -8,26 +8,15 @@ import numpy as np
 import pytest
 
 from configs import vit as vit_config
+from helpers import assert_trees_close
+from helpers import params_of
+from helpers import tiny
 from vit_jax import checkpoint
 from vit_jax import metrics
 from vit_jax import pretrained
 from vit_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny(**overrides):
-  config = vit_config.get_config('tiny')
-  config.update_from_flattened_dict(overrides)
-  return config
-
-
-def params_of(state):
-  return jax.device_get(state['params'])
-
-
-def assert_trees_close(a, b, atol):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=0), a, b)
 
 
 def test_training_lowers_the_loss_and_learns_digits(tmp_path):

@@ -6,6 +6,7 @@ short never replaces the last good checkpoint. A checkpoint that cannot be read 
 set aside as `<step>.damaged` (never deleted) and the previous one is used.
 """
 import os
+import re
 
 import jax
 import numpy as np
@@ -91,6 +92,11 @@ def check_matches(stored, expected, what):
   missing = params_first(set(expected) - set(stored))
   extra = params_first(set(stored) - set(expected))
   if missing or extra:
+    stacked = lambda keys: any(re.search(r'(encoder|decoder)block/', k) for k in keys)
+    if stacked(extra) != stacked(missing):  # Only the block layout differs.
+      hint = (f'The checkpoint was written with scan_layers={stacked(extra)}; run with '
+              f'--config.scan_layers={stacked(extra)}, or export it to .npz and fine-tune '
+              'from that (either layout loads).')
     raise CheckpointMismatch(
         f'{what} does not match the model: the model has {missing[:3]} that the checkpoint '
         f'lacks, the checkpoint has {extra[:3]} that the model lacks. {hint}')

@@ -1,21 +1,59 @@
 """Checkpoint export and fine-tuning in the published ViT `.npz` layout.
 
 Keys are '/'-joined parameter paths ('Transformer/encoderblock_0/LayerNorm_0/scale'), exactly
-as in google-research/vision_transformer, so their files load here and ours load there.
+as in google-research/vision_transformer, so their files load here and ours load there. A model
+with scanned stacks (scan_layers=True) keeps each stack's blocks as one [L, ...] array under
+'encoderblock'; files are always written per layer and loaded into either layout.
 """
 import math
 import os
+import re
 
 import flax
 import numpy as np
 import scipy.ndimage
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
+_STACKED = re.compile(r'(?:^|/)(?:encoder|decoder)block(?=/)')
+_PER_LAYER = re.compile(r'((?:^|/)(?:encoder|decoder)block)_(\d+)(?=/)')
+
+
+def unstack_layers(flat):
+  """{'…/encoderblock/…': [L, …]} (a scanned stack) → per-layer '…/encoderblock_i/…' keys."""
+  out = {}
+  for key, value in flat.items():
+    match = _STACKED.search(key)
+    if match is None:
+      out[key] = value
+    else:
+      for i, layer in enumerate(value):
+        out[f'{key[:match.end()]}_{i}{key[match.end():]}'] = layer
+  return out
+
+
+def stack_layers(flat):
+  """Per-layer '…/encoderblock_i/…' keys → one [L, …] array per '…/encoderblock/…' key."""
+  out, stacks = {}, {}
+  for key, value in flat.items():
+    match = _PER_LAYER.search(key)
+    if match is None:
+      out[key] = value
+    else:
+      stacked = key[:match.start()] + match.group(1) + key[match.end():]
+      stacks.setdefault(stacked, {})[int(match.group(2))] = value
+  for key, layers in stacks.items():
+    if sorted(layers) != list(range(len(layers))):
+      raise ValueError(f'Cannot stack {key}: the checkpoint has layers {sorted(layers)}, '
+                       f'expected 0 to {len(layers) - 1}.')
+    out[key] = np.stack([layers[i] for i in range(len(layers))])
+  return out
 
 
 def save_npz(params, path):
-  """Writes params to `path` (atomically: a crash never leaves half a file)."""
-  flat = {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
+  """Writes params to `path` in the per-layer layout (atomically: a crash never leaves half a
+  file)."""
+  flat = unstack_layers({'/'.join(k): np.asarray(v)
+                         for k, v in flax.traverse_util.flatten_dict(params).items()})
   tmp = f'{path}.tmp.npz'
   np.savez(tmp, **flat)
   os.replace(tmp, path)
@@ -51,9 +89,13 @@ def load_vit(init_params, restored, grid, reset_head=True):
 
   The position-embedding grid is resized to `grid` (patch rows, cols); the head is kept
   from `init_params` when `reset_head` (new classes); `pre_logits` is dropped when the model
-  has no representation layer. Anything else that does not fit is an error naming it.
+  has no representation layer; blocks are stacked or not as the model's are. Anything else
+  that does not fit is an error naming it.
   """
   init = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(init_params).items()}
+  restored = unstack_layers(restored)
+  if any(_STACKED.search(k) for k in init):
+    restored = stack_layers(restored)
   restored = {k: v for k, v in restored.items()
               if not (k.startswith('pre_logits/') and k not in init)}
   if reset_head:

@@ -2,8 +2,11 @@
 
 `norm_first=True` is pre-LayerNorm (ViT), `False` post-LayerNorm (the original Transformer,
 DETR). `remat=True` recomputes each block's activations in the backward pass (less memory
-for deep models, about a third more compute). Positions given as `pos`/`query_pos` are added to queries and keys only (DETR §3.2);
-the Transformer and ViT add theirs to the input instead and pass None.
+for deep models, about a third more compute). `scan=True` runs the stack as one `nn.scan`
+(one block compiled once, whatever the depth; its parameters stacked [L, ...] under
+'encoderblock'/'decoderblock' instead of 'encoderblock_0', ...; `vit_jax.pretrained` converts
+between the two layouts). Positions given as `pos`/`query_pos` are added to queries and keys
+only (DETR §3.2); the Transformer and ViT add theirs to the input instead and pass None.
 """
 from typing import Any
 
@@ -56,12 +59,13 @@ class MlpBlock(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: drops a whole residual branch per example."""
-  rate: float = 0.0
+  """Stochastic depth: drops a whole residual branch per example. `rate` may be traced (a
+  scanned stack's per-layer rate)."""
+  rate: Any = 0.0
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    if deterministic or self.rate == 0.0:
+    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.rate,
                                 (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -81,13 +85,14 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, pos=None, deterministic=True):
-    """x [B, L, D], mask [B, 1, L, L] or [B, 1, 1, L], pos [B, L, D] → (x, attention weights)."""
+  def __call__(self, x, mask=None, pos=None, deterministic=True, droppath_rate=None):
+    """x [B, L, D], mask [B, 1, L, L] or [B, 1, 1, L], pos [B, L, D] → (x, attention weights).
+    `droppath_rate`, when given, replaces the attribute (a scanned stack's per-layer rate)."""
+    rate = self.droppath_rate if droppath_rate is None else droppath_rate
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
     attn = attention.MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                                         dtype=self.dtype, name='MultiHeadDotProductAttention_1')
-    drop = lambda y: DropPath(self.droppath_rate)(
-        nn.Dropout(self.dropout_rate)(y, deterministic), deterministic)
+    drop = lambda y: DropPath(rate)(nn.Dropout(self.dropout_rate)(y, deterministic), deterministic)
     mlp = MlpBlock(self.mlp_dim, self.activation, self.dropout_rate, self.dtype, name='MlpBlock_3')
 
     if self.norm_first:
@@ -95,14 +100,12 @@ class EncoderBlock(nn.Module):
       qk = with_pos(y, pos)
       y, weights = attn(qk, qk, y, mask=mask, deterministic=deterministic)
       x = x + drop(y)
-      x = x + DropPath(self.droppath_rate)(mlp(norm('LayerNorm_2')(x), deterministic),
-                                           deterministic)
+      x = x + DropPath(rate)(mlp(norm('LayerNorm_2')(x), deterministic), deterministic)
     else:
       qk = with_pos(x, pos)
       y, weights = attn(qk, qk, x, mask=mask, deterministic=deterministic)
       x = norm('LayerNorm_0')(x + drop(y))
-      x = norm('LayerNorm_2')(x + DropPath(self.droppath_rate)(mlp(x, deterministic),
-                                                               deterministic))
+      x = norm('LayerNorm_2')(x + DropPath(rate)(mlp(x, deterministic), deterministic))
     return x, weights
 
 
@@ -121,14 +124,15 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, memory, self_mask=None, cross_mask=None, query_pos=None,
-               memory_pos=None, deterministic=True):
-    """x [B, Lq, D], memory [B, Lk, D] → (x, {'self': weights, 'cross': weights})."""
+               memory_pos=None, deterministic=True, droppath_rate=None):
+    """x [B, Lq, D], memory [B, Lk, D] → (x, {'self': weights, 'cross': weights}).
+    `droppath_rate`, when given, replaces the attribute (a scanned stack's per-layer rate)."""
+    rate = self.droppath_rate if droppath_rate is None else droppath_rate
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
     mha = lambda name, decode: attention.MultiHeadAttention(
         self.num_heads, dropout_rate=self.attention_dropout_rate, decode=decode,
         dtype=self.dtype, name=name)
-    drop = lambda y: DropPath(self.droppath_rate)(
-        nn.Dropout(self.dropout_rate)(y, deterministic), deterministic)
+    drop = lambda y: DropPath(rate)(nn.Dropout(self.dropout_rate)(y, deterministic), deterministic)
     mlp = MlpBlock(self.mlp_dim, self.activation, self.dropout_rate, self.dtype, name='MlpBlock')
     self_attn = mha('SelfAttention', self.decode)
     cross_attn = mha('CrossAttention', False)
@@ -147,16 +151,51 @@ class DecoderBlock(nn.Module):
       x = x + drop(y)
       y, cross_weights = cross_branch(norm('LayerNorm_1')(x))
       x = x + drop(y)
-      x = x + DropPath(self.droppath_rate)(mlp(norm('LayerNorm_2')(x), deterministic),
-                                           deterministic)
+      x = x + DropPath(rate)(mlp(norm('LayerNorm_2')(x), deterministic), deterministic)
     else:
       y, self_weights = self_branch(x)
       x = norm('LayerNorm_0')(x + drop(y))
       y, cross_weights = cross_branch(x)
       x = norm('LayerNorm_1')(x + drop(y))
-      x = norm('LayerNorm_2')(x + DropPath(self.droppath_rate)(mlp(x, deterministic),
-                                                               deterministic))
+      x = norm('LayerNorm_2')(x + DropPath(rate)(mlp(x, deterministic), deterministic))
     return x, {'self': self_weights, 'cross': cross_weights}
+
+
+def droppath_rates(max_rate, num_layers):
+  """Stochastic depth grows linearly with depth (Huang et al. 2016): 0 for the first block."""
+  return [max_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
+
+
+def run_stack(make_block, name, num_layers, max_droppath_rate, scan, x, *args):
+  """Applies `num_layers` blocks make_block(name, droppath_rate)(x, *args) to x.
+
+  A Python loop (parameters '<name>_0', ...) or, with `scan`, one nn.scan whose parameters
+  (and decoding cache) are stacked [L, ...] under '<name>', each layer's drop-path rate a
+  scanned input. Returns (x, every block's output, every block's attention weights), as lists
+  either way.
+  """
+  rates = droppath_rates(max_droppath_rate, num_layers)
+  if not scan:
+    layers, weights = [], []
+    for i, rate in enumerate(rates):
+      x, w = make_block(f'{name}_{i}', rate)(x, *args)
+      x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+      layers.append(x)
+      weights.append(w)
+    return x, layers, weights
+
+  def body(block, x, rate):
+    x, w = block(x, *args, rate)
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    return x, (x, w)
+
+  scanned = nn.scan(body, variable_axes={'params': 0, 'cache': 0},
+                    split_rngs={'params': True, 'dropout': True}, length=num_layers)
+  # Without drop-path the rate stays a Python 0.0, so no random mask is drawn.
+  rates = jnp.asarray(rates) if max_droppath_rate else None
+  x, (layers, weights) = scanned(make_block(name, max_droppath_rate), x, rates)
+  unstack = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+  return x, list(layers), [unstack(weights, i) for i in range(num_layers)]
 
 
 class Encoder(nn.Module):
@@ -178,6 +217,7 @@ class Encoder(nn.Module):
   layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
   remat: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, *, mask=None, pos=None, deterministic=True):
@@ -185,17 +225,11 @@ class Encoder(nn.Module):
     if self.learned_posemb:
       x = posemb.AddPositionEmbs(name='posembed_input')(x)
       x = nn.Dropout(self.dropout_rate)(x, deterministic)
-    layers, weights = [], []
-    for i in range(self.num_layers):
-      # Stochastic depth grows linearly with depth (Huang et al. 2016).
-      rate = self.droppath_rate * i / max(self.num_layers - 1, 1)
-      x, w = block(self.num_heads, self.mlp_dim, self.dropout_rate,
-                   self.attention_dropout_rate, rate, self.norm_first, self.activation,
-                   self.layer_norm_eps, self.dtype, name=f'encoderblock_{i}')(
-                       x, mask, pos, deterministic)
-      x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-      layers.append(x)
-      weights.append(w)
+    make_block = lambda name, rate: block(
+        self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate, rate,
+        self.norm_first, self.activation, self.layer_norm_eps, self.dtype, name=name)
+    x, layers, weights = run_stack(make_block, 'encoderblock', self.num_layers,
+                                   self.droppath_rate, self.scan, x, mask, pos, deterministic)
     if self.final_norm:
       x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name='encoder_norm')(x)
     return x, {'layers': layers, 'attention': weights}
@@ -218,6 +252,7 @@ class Decoder(nn.Module):
   decode: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, memory, *, self_mask=None, cross_mask=None, query_pos=None,
@@ -228,16 +263,15 @@ class Decoder(nn.Module):
     norm = None
     if self.final_norm:
       norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name='decoder_norm')
-    layers, weights = [], []
-    for i in range(self.num_layers):
-      rate = self.droppath_rate * i / max(self.num_layers - 1, 1)
-      x, w = block(self.num_heads, self.mlp_dim, self.dropout_rate,
-                   self.attention_dropout_rate, rate, self.norm_first, self.activation,
-                   self.layer_norm_eps, self.decode, self.dtype, name=f'decoderblock_{i}')(
-                       x, memory, self_mask, cross_mask, query_pos, memory_pos, deterministic)
-      x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-      layers.append(norm(x) if (norm and self.norm_every_output) else x)
-      weights.append(w)
+    make_block = lambda name, rate: block(
+        self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate, rate,
+        self.norm_first, self.activation, self.layer_norm_eps, self.decode,
+        self.dtype, name=name)
+    x, layers, weights = run_stack(make_block, 'decoderblock', self.num_layers,
+                                   self.droppath_rate, self.scan, x, memory, self_mask,
+                                   cross_mask, query_pos, memory_pos, deterministic)
+    if norm is not None and self.norm_every_output:
+      layers = [norm(y) for y in layers]
     if norm is not None:
       x = norm(x)
     return x, {'layers': layers, 'attention': weights}

@@ -52,6 +52,7 @@ class DETR(nn.Module):
   position_embedding: str = 'sine'  # or 'learned'
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
   remat: bool = False  # Of the transformer blocks.
+  scan_layers: bool = False  # Each stack as one nn.scan (parameters stacked [L, ...]).
 
   def setup(self):
     self.backbone = resnet.ResNet(**resnet.decode_variant(self.backbone_name),
@@ -66,7 +67,7 @@ class DETR(nn.Module):
                        "'sine' or 'learned'.")
     stack = dict(num_heads=self.num_heads, mlp_dim=self.d_ff, dropout_rate=self.dropout_rate,
                  norm_first=False, activation='relu', layer_norm_eps=1e-5, dtype=self.dtype,
-                 remat=self.remat)
+                 remat=self.remat, scan=self.scan_layers)
     self.encoder = transformer.Encoder(self.num_encoder_layers, final_norm=False, **stack)
     self.decoder = transformer.Decoder(self.num_decoder_layers, final_norm=True,
                                        norm_every_output=True, **stack)

@@ -48,6 +48,7 @@ class Transformer(nn.Module):
   decode: bool = False
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
   remat: bool = False
+  scan_layers: bool = False  # Each stack as one nn.scan (parameters stacked [L, ...]).
 
   def setup(self):
     self.embed = nn.Embed(self.vocab_size, self.d_model,
@@ -66,7 +67,7 @@ class Transformer(nn.Module):
                  dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                  norm_first=self.norm_first, final_norm=self.final_norm,
                  activation=self.activation, layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
-                 remat=self.remat)
+                 remat=self.remat, scan=self.scan_layers)
     self.encoder = transformer.Encoder(**stack, name='encoder')
     self.decoder = transformer.Decoder(**stack, decode=self.decode, name='decoder')
     self.dropout = nn.Dropout(self.dropout_rate)

@@ -48,6 +48,7 @@ class VisionTransformer(nn.Module):
   head_bias_init: float = 0.0
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
   remat: bool = False
+  scan_layers: bool = False  # The encoder as one nn.scan (parameters stacked [L, ...]).
 
   @nn.compact
   def __call__(self, images, *, train=False):
@@ -78,7 +79,7 @@ class VisionTransformer(nn.Module):
         self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
         self.attention_dropout_rate, self.droppath_rate, norm_first=True, final_norm=True,
         learned_posemb=True, activation=self.activation, dtype=self.dtype, remat=self.remat,
-        name='Transformer')(x, deterministic=not train)
+        scan=self.scan_layers, name='Transformer')(x, deterministic=not train)
     aux = dict(aux, tokens=x, grid=(gh, gw))
 
     x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)  # [B, D]

@@ -50,14 +50,14 @@ def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0,
 
   state = (0, jnp.full((batch,), bos_id), cache, jnp.full((batch, max_length), pad_id),
            jnp.zeros(batch), jnp.zeros(batch, bool),
-           _empty_attention(model, cache, batch, max_length, source) if return_attention
+           _empty_attention(model, batch, max_length, source) if return_attention
            else None)
   state = jax.lax.while_loop(lambda s: (s[0] < max_length) & ~s[5].all(), body, state)
   return state[3], state[4], state[6]
 
 
-def _empty_attention(model, cache, rows, max_length, source):
-  return jnp.zeros((rows, max_length, len(cache['decoder']), model.num_heads, source.shape[1]))
+def _empty_attention(model, rows, max_length, source):
+  return jnp.zeros((rows, max_length, model.num_layers, model.num_heads, source.shape[1]))
 
 
 def greedy_without_cache(model, params, source, *, max_length, bos_id, eos_id, pad_id=0):
@@ -98,13 +98,14 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
   decoder, cache = init_cache(model, params, memory, source, max_length)
   split = lambda x: x.reshape((batch, k) + x.shape[1:])  # [B*K, ...] → [B, K, ...]
 
-  def gather_beams(tree, origin):  # Leaves [B*K, ...] re-ordered by origin [B, K].
+  def gather_beams(tree, origin, stacked=False):
+    """Leaves [B*K, ...] (or [L, B*K, ...] when `stacked`) re-ordered by origin [B, K]."""
     def gather(x):
       if x.ndim == 0:
         return x
       x = split(x)
       return x[jnp.arange(batch)[:, None], origin].reshape((batch * k,) + x.shape[2:])
-    return jax.tree.map(gather, tree)
+    return jax.tree.map(jax.vmap(gather) if stacked else gather, tree)
 
   def keep_best(scores, best, *trees):  # Each leaf [B, N, ...] → its `best` [B, K] entries.
     pick = lambda x: jnp.take_along_axis(x, best.reshape(best.shape + (1,) * (x.ndim - 2)), 1)
@@ -125,7 +126,7 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
     live_logp = jnp.where(ended, NEG_INF, top_logp)
     if attention is not None:
       attention = gather_beams(attention.at[:, t].set(jnp.moveaxis(cross, 0, 1)), origin)
-    cache = gather_beams(cache, origin)
+    cache = gather_beams(cache, origin, stacked=model.scan_layers)  # Scanned: [L, B*K, ...].
     # Finished: merge those that ended now with the earlier ones, keep the best K.
     ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1, alpha), NEG_INF)
     fin_scores, fin_seqs, fin_attention = finished
@@ -143,7 +144,7 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
     worst_finished = fin_scores[:, -1]
     return (t < max_length) & ~jnp.all(worst_finished >= best_live)
 
-  attention = (_empty_attention(model, cache, batch * k, max_length, source)
+  attention = (_empty_attention(model, batch * k, max_length, source)
                if return_attention else None)
   first = jnp.concatenate([jnp.zeros((batch, 1)), jnp.full((batch, k - 1), NEG_INF)], axis=1)
   finished = (jnp.full((batch, k), NEG_INF), jnp.full((batch, k, max_length), pad_id),

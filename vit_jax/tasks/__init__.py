@@ -4,12 +4,13 @@ import jax.numpy as jnp
 DTYPES = ('float32', 'bfloat16')
 
 
-def precision(config):
+def compute_options(config):
   """Model keyword arguments for config.dtype (compute; parameters, softmax and loss stay
-  float32, matmuls accumulate in float32) and config.remat."""
+  float32, matmuls accumulate in float32), config.remat and config.scan_layers."""
   if config.dtype not in DTYPES:
     raise ValueError(f'Unknown dtype {config.dtype!r}; expected one of {DTYPES}.')
-  return {'dtype': jnp.dtype(config.dtype), 'remat': config.remat}
+  return {'dtype': jnp.dtype(config.dtype), 'remat': config.remat,
+          'scan_layers': config.scan_layers}
 
 
 def get_task(name):

@@ -33,7 +33,7 @@ class ClassificationTask:
   def __init__(self, config, workdir=None):
     del workdir  # Nothing to keep beside the checkpoint.
     self.config = config
-    self.model = build_model(**config.model, **tasks.precision(config))
+    self.model = build_model(**config.model, **tasks.compute_options(config))
     self.label_smoothing = config.get('label_smoothing', 0.0)
 
   # Data ----------------------------------------------------------------------------------------

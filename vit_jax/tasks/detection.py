@@ -109,7 +109,7 @@ class DetectionTask:
       raise ValueError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
                        f'{c.max_boxes}: every target needs a query.')
     self.model = detr.DETR(num_classes=len(self.train_source.categories), **m,
-                           **tasks.precision(config))
+                           **tasks.compute_options(config))
     self.loss_config = dict(config.loss)
     self.aux_loss = self.loss_config.pop('aux_loss')
 

@@ -56,7 +56,7 @@ class TranslationTask:
     kwargs.update({k: v for k, v in config.model.items() if v is not None and k != 'size'})
     self.model = transformer.Transformer(vocab_size=self.tokenizer.vocab_size,
                                          pad_id=tokenizers.PAD, **kwargs,
-                                         **tasks.precision(config))
+                                         **tasks.compute_options(config))
     self.label_smoothing = config.get('label_smoothing', 0.0)
     self.bleu = sacrebleu.metrics.BLEU(tokenize=config.get('bleu_tokenize', '13a'))
 
