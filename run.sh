@@ -19,7 +19,8 @@ setup() {  # Installs into .venv; re-installs only when setup.cfg changed.
 if [ "${1:-}" = test ]; then
   shift
   setup test
-  exec .venv/bin/python -m pytest "$@"
+  # One worker per core (at most 4: each holds JAX with 8 simulated devices); -n 0 for none.
+  exec .venv/bin/python -m pytest -n auto --maxprocesses=4 --dist worksteal "$@"
 fi
 setup ""
 exec .venv/bin/python main.py --config=configs/vit.py --workdir="${WORKDIR:-workdir/vit_digits}" "$@"
