@@ -46,3 +46,7 @@ def test_lr_multipliers_scale_and_freeze_by_path():
   with pytest.raises(ValueError, match='expected "regex=factor" rules separated by commas, '
                                        "got 'backbone'"):
     optim.make_optimizer(10, lr_multipliers='backbone')
+  tx, _ = optim.make_optimizer(10, lr_multipliers='backbone/=0.1,encoderblock_3/=0.5')
+  with pytest.raises(ValueError, match=r"optim.lr_multipliers: 'encoderblock_3/' matches no "
+                                       r"parameter; the paths look like \['backbone/conv/kernel'"):
+    tx.init(params)

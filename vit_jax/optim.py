@@ -58,8 +58,17 @@ def parse_multipliers(spec):
 def scale_by_path(lr_multipliers):
   """Multiplies each parameter's update (so its learning rate, weight decay included) by the
   factors of every regex in `lr_multipliers` that its path ('backbone/stem_bn/scale')
-  matches; a factor of 0 freezes it (DETR: frozen BatchNorm, a 10x lower backbone rate)."""
+  matches; a factor of 0 freezes it (DETR: frozen BatchNorm, a 10x lower backbone rate).
+  A rule that matches no parameter is an error (a typo would otherwise change nothing)."""
   rules = parse_multipliers(lr_multipliers)
+
+  def init(params):
+    paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for pattern, _ in rules:
+      if not any(pattern.search(p) for p in paths):
+        raise ValueError(f'optim.lr_multipliers: {pattern.pattern!r} matches no parameter; '
+                         f'the paths look like {paths[:4]} (of {len(paths)}).')
+    return optax.EmptyState()
 
   def factor(path):
     out = 1.0
@@ -73,7 +82,7 @@ def scale_by_path(lr_multipliers):
     return jax.tree_util.tree_map_with_path(
         lambda path, u: u if factor(path) == 1.0 else u * factor(path), updates), state
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='cosine',
