@@ -1,5 +1,4 @@
 """Scan over layers: the same model as the Python loop, with stacked parameters."""
-import flax
 import jax
 import numpy as np
 import pytest
@@ -14,14 +13,12 @@ from vit_jax.models import transformer as transformer_model
 from vit_jax.ops import decoding
 
 
-def flat(tree):
-  return {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+flat = pretrained.flatten
 
 
 def stacked(params):
   """Loop parameters ('encoderblock_0', ...) in the scanned layout."""
-  return flax.traverse_util.unflatten_dict(
-      {tuple(k.split('/')): v for k, v in pretrained.stack_layers(flat(params)).items()})
+  return pretrained.unflatten(pretrained.stack_layers(flat(params)))
 
 
 @pytest.mark.parametrize('family,remat', [('vit', False), ('vit', True), ('transformer', False)])

@@ -6,11 +6,12 @@ short never replaces the last good checkpoint. A checkpoint that cannot be read 
 set aside as `<step>.damaged` (never deleted) and the previous one is used.
 """
 import os
-import re
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from vit_jax import pretrained
 
 
 class CheckpointMismatch(ValueError):
@@ -92,7 +93,7 @@ def check_matches(stored, expected, what):
   missing = params_first(set(expected) - set(stored))
   extra = params_first(set(stored) - set(expected))
   if missing or extra:
-    stacked = lambda keys: any(re.search(r'(encoder|decoder)block/', k) for k in keys)
+    stacked = lambda keys: any(pretrained.is_stacked(k) for k in keys)
     if stacked(extra) != stacked(missing):  # Only the block layout differs.
       hint = (f'The checkpoint was written with scan_layers={stacked(extra)}; run with '
               f'--config.scan_layers={stacked(extra)}, or export it to .npz and fine-tune '

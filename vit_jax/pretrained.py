@@ -18,6 +18,20 @@ _STACKED = re.compile(r'(?:^|/)(?:encoder|decoder)block(?=/)')
 _PER_LAYER = re.compile(r'((?:^|/)(?:encoder|decoder)block)_(\d+)(?=/)')
 
 
+def flatten(params):
+  """{'a': {'b': x}} → {'a/b': x}, the keys of the .npz files."""
+  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+
+def unflatten(flat):
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+
+
+def is_stacked(key):
+  """Whether a parameter path lies in a scanned stack ('…/encoderblock/…')."""
+  return _STACKED.search(key) is not None
+
+
 def unstack_layers(flat):
   """{'…/encoderblock/…': [L, …]} (a scanned stack) → per-layer '…/encoderblock_i/…' keys."""
   out = {}
@@ -52,8 +66,7 @@ def stack_layers(flat):
 def save_npz(params, path):
   """Writes params to `path` in the per-layer layout (atomically: a crash never leaves half a
   file)."""
-  flat = unstack_layers({'/'.join(k): np.asarray(v)
-                         for k, v in flax.traverse_util.flatten_dict(params).items()})
+  flat = unstack_layers(flatten(params))
   tmp = f'{path}.tmp.npz'
   np.savez(tmp, **flat)
   os.replace(tmp, path)
@@ -92,9 +105,9 @@ def load_vit(init_params, restored, grid, reset_head=True):
   has no representation layer; blocks are stacked or not as the model's are. Anything else
   that does not fit is an error naming it.
   """
-  init = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(init_params).items()}
+  init = flatten(init_params)
   restored = unstack_layers(restored)
-  if any(_STACKED.search(k) for k in init):
+  if any(is_stacked(k) for k in init):
     restored = stack_layers(restored)
   restored = {k: v for k, v in restored.items()
               if not (k.startswith('pre_logits/') and k not in init)}
@@ -113,4 +126,4 @@ def load_vit(init_params, restored, grid, reset_head=True):
                      f'  missing: {missing}\n  unexpected: {unexpected}\n'
                      f'  mis-shaped: {misshaped}')
   merged = {k: np.asarray(restored.get(k, v), dtype=v.dtype) for k, v in init.items()}
-  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
+  return unflatten(merged)
