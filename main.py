@@ -1,10 +1,11 @@
-"""Entry point: flags only. The work happens in vit_jax.train.
+"""Entry point: generic flags only; every other setting is in the config. The work happens
+in vit_jax.train.
 
   python main.py --config=configs/vit.py --workdir=/tmp/vit            # train (resumes)
   python main.py --config=configs/vit.py:tiny --config.total_steps=50  # override any value
   python main.py --config=configs/vit.py --workdir=/tmp/vit --mode=export
   echo "twenty-four" | python main.py --config=configs/transformer.py --workdir=/tmp/numbers \
-      --mode=translate
+      --mode=translate --config.translate.beam_size=4
 
 Many hosts: run the same command on every host, adding --distributed (TPU pods, SLURM, Open MPI
 and Kubernetes are detected by JAX) or --coordinator_address=HOST:PORT --num_processes=N
@@ -24,15 +25,10 @@ from vit_jax import train
 config_flags.DEFINE_config_file('config', 'configs/vit.py', 'Config file (path[:arg]).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', '/tmp/vit_jax', 'Checkpoints, metrics and plots go here.')
-flags.DEFINE_enum('mode', 'train', ['train', 'export', 'translate'],
-                  'train: train and evaluate (resuming from workdir); export: write the newest '
-                  'checkpoint to workdir/params.npz; translate: translate --input with the newest '
-                  'checkpoint (translation configs).')
-flags.DEFINE_string('export_path', None, 'Where --mode=export writes (default '
-                    'workdir/params.npz).')
-flags.DEFINE_string('input', '-', '--mode=translate: a file with one sentence a line (- = stdin).')
-flags.DEFINE_integer('beam_size', 4, '--mode=translate: beam size (1 = greedy).')
-flags.DEFINE_float('alpha', 0.6, '--mode=translate: GNMT length penalty exponent.')
+flags.DEFINE_string('mode', 'train', 'train: train and evaluate (resuming from workdir); '
+                    'export: write the newest checkpoint\'s parameters to config.export_path '
+                    '(default workdir/params.npz); or a mode of the config\'s family, run with '
+                    'the newest checkpoint (translation: translate, see config.translate).')
 flags.DEFINE_bool('distributed', False, 'Join a multi-process run through '
                   'jax.distributed.initialize (parameters detected by JAX on TPU pods, SLURM, '
                   'Open MPI, Kubernetes, or given by the three flags below).')
@@ -52,15 +48,6 @@ def init_distributed():
   jax.distributed.initialize(*explicit)
 
 
-def translate(config):
-  trainer, state, _ = train.restore_latest(config, flags.FLAGS.workdir)
-  with (sys.stdin if flags.FLAGS.input == '-' else open(flags.FLAGS.input)) as f:
-    texts = [line.rstrip('\n') for line in f if line.strip()]
-  for text in trainer.task.translate_texts(state['params'], texts, flags.FLAGS.beam_size,
-                                           flags.FLAGS.alpha):
-    print(text)
-
-
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   if len(argv) > 1:
@@ -73,10 +60,10 @@ def main(argv):
     except preemption.Interrupted as e:
       print(e, file=sys.stderr)
       sys.exit(128 + e.signum)  # The shell's convention for death by signal.
-  elif flags.FLAGS.mode == 'translate':
-    translate(config)
+  elif flags.FLAGS.mode == 'export':
+    train.export(config, flags.FLAGS.workdir)
   else:
-    train.export(config, flags.FLAGS.workdir, flags.FLAGS.export_path)
+    train.run_command(config, flags.FLAGS.workdir, flags.FLAGS.mode)
 
 
 if __name__ == '__main__':

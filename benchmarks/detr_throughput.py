@@ -36,18 +36,18 @@ def synthetic_batch(rng, batch, canvas, max_boxes, num_classes):
           'valid': valid}
 
 
-def torch_train(model_config, num_classes, data, lr):
+def torch_train(m, num_classes, data, lr):
+  """m: our DETR module (its sizes)."""
   import torch
   from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
-  m = model_config
   backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                           layer_type='basic', out_features=['stage4'])
   config = DetrConfig(use_timm_backbone=False, backbone_config=backbone,
                       use_pretrained_backbone=False, num_queries=m.num_queries,
-                      d_model=m.d_model, encoder_layers=m.num_encoder_layers,
+                      d_model=m.hidden_size, encoder_layers=m.num_encoder_layers,
                       decoder_layers=m.num_decoder_layers, encoder_attention_heads=m.num_heads,
-                      decoder_attention_heads=m.num_heads, encoder_ffn_dim=m.d_ff,
-                      decoder_ffn_dim=m.d_ff, num_labels=num_classes, auxiliary_loss=True,
+                      decoder_attention_heads=m.num_heads, encoder_ffn_dim=m.mlp_dim,
+                      decoder_ffn_dim=m.mlp_dim, num_labels=num_classes, auxiliary_loss=True,
                       dropout=m.dropout_rate)
   model = DetrForObjectDetection(config).train()
   opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
@@ -84,8 +84,9 @@ def main():
                                      'data.canvas': args.canvas})
   rng = np.random.default_rng(0)
   data = synthetic_batch(rng, args.batch, args.canvas, config.data.max_boxes, 3)
-  ours_step, _ = our_train_step(config, data)
-  torch_step = torch_train(config.model, 3, data, config.optim.learning_rate)
+  ours_step, trainer = our_train_step(config, data)
+  m = trainer.task.model
+  torch_step = torch_train(m, 3, data, config.optim.learning_rate)
   runs = {'ours': ours_step, 'torch': torch_step}
 
   valid = {t: np.ones((64, t), bool) for t in (10, 50, 100)}
@@ -97,8 +98,7 @@ def main():
       runs[f'{name}-{t}'] = (lambda s=solve, t=t: jax.block_until_ready(s(cost[t], valid[t])))
     runs[f'loop-{t}'] = lambda t=t: scipy_loop(cost[t])
   times = alternate(runs, args.rounds)
-  m = config.model
-  print(f'DETR: {m.backbone_name} backbone, d_model {m.d_model}, {m.num_encoder_layers}+'
+  print(f'DETR: {m.backbone_name} backbone, hidden_size {m.hidden_size}, {m.num_encoder_layers}+'
         f'{m.num_decoder_layers} layers, {m.num_queries} queries, batch {args.batch}, '
         f'{args.canvas}x{args.canvas} images, float32, {args.rounds} alternating rounds')
   table('Training step (set loss + auxiliary losses, AdamW, gradient clipping)', 'images/s',

@@ -50,7 +50,7 @@ def setup(args, devices, **overrides):
   def step():
     if 'state' not in box:
       box['state'] = trainer.initial_state()
-    box['state'], metrics = trainer.train_step(box['state'], batch, trainer.rng)
+    box['state'], metrics, _ = trainer.train_step(box['state'], batch, trainer.rng)
     jax.block_until_ready(metrics)
 
   return step, (compiled, seconds)

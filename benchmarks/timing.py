@@ -48,7 +48,7 @@ def our_train_step(config, data):
   batch = sharding.global_batch(data, trainer.mesh)
 
   def step():
-    box['state'], metrics = trainer.train_step(box['state'], batch, trainer.rng)
+    box['state'], metrics, _ = trainer.train_step(box['state'], batch, trainer.rng)
     jax.block_until_ready(metrics)
 
   return step, trainer

@@ -31,17 +31,19 @@ def batch_of(rng, batch, src_len, tgt_len, vocab):
 
 
 def torch_train(m, vocab, data):
+  """m: our Transformer module (its sizes)."""
   import torch
-  model = torch.nn.Transformer(d_model=m.d_model, nhead=m.num_heads,
+  model = torch.nn.Transformer(d_model=m.hidden_size, nhead=m.num_heads,
                                num_encoder_layers=m.num_layers, num_decoder_layers=m.num_layers,
-                               dim_feedforward=m.d_ff, dropout=m.dropout_rate, batch_first=True)
-  embed = torch.nn.Embedding(vocab, m.d_model)
+                               dim_feedforward=m.mlp_dim, dropout=m.dropout_rate,
+                               batch_first=True)
+  embed = torch.nn.Embedding(vocab, m.hidden_size)
   params = list(model.parameters()) + list(embed.parameters())
   opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
   src, tgt_in, tgt_out = (torch.from_numpy(data[k]).long() for k in
                           ('source', 'target_in', 'target_out'))
   causal = torch.nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
-  scale = m.d_model ** 0.5
+  scale = m.hidden_size ** 0.5
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -63,9 +65,9 @@ def main():
   args = parser.parse_args()
   config = transformer_config.get_config()
   config.update_from_flattened_dict({'batch_size': args.batch, 'model.dropout_rate': 0.0})
-  m = config.model
+  m = train.Trainer(config).task.model  # The sizes the variant and overrides resolve to.
+  vocab = m.vocab_size
   rng = np.random.default_rng(0)
-  vocab = train.Trainer(config).task.model.vocab_size
   data = batch_of(rng, args.batch, args.length, args.length, vocab)
   ours_step, trainer = our_train_step(config, data)
   torch_step = torch_train(m, vocab, data)
@@ -82,7 +84,7 @@ def main():
   runs = {'ours': ours_step, 'torch': torch_step, **decode}
   times = alternate(runs, args.rounds)
   tokens = args.batch * args.length
-  print(f'd_model {m.d_model}, {m.num_layers}+{m.num_layers} layers, d_ff {m.d_ff}, '
+  print(f'hidden_size {m.hidden_size}, {m.num_layers}+{m.num_layers} layers, mlp_dim {m.mlp_dim}, '
         f'{m.num_heads} heads, vocab {vocab}, batch {args.batch}, source and target length '
         f'{args.length}, float32, {args.rounds} alternating rounds')
   table('Training step (AdamW, forward + backward + update)', 'target tokens/s',

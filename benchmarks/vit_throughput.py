@@ -55,7 +55,7 @@ def ours(variant, image_size, batch, num_classes):
   box = {'state': state}
 
   def step():
-    box['state'], metrics = trainer.train_step(box['state'], batch_data, trainer.rng)
+    box['state'], metrics, _ = trainer.train_step(box['state'], batch_data, trainer.rng)
     jax.block_until_ready(metrics)
 
   return step, flops

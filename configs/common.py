@@ -13,17 +13,22 @@ def trainer_config():
   c.eval_every = 500
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
+  # How models run, never what they compute (vit_jax/layers/kernels.py):
   c.dtype = 'float32'           # Compute dtype, or 'bfloat16' (parameters stay float32).
+  c.attention_impl = 'fused'    # 'plain' (the textbook), 'fused' (fast on CPU) or 'xla'.
   c.remat = False               # Recompute transformer blocks in the backward pass.
   c.scan_layers = False         # Each block stack as one nn.scan: compiles once for any depth.
   c.on_nonfinite = 'stop'       # Non-finite loss/gradients: 'stop' with an error, or 'skip'.
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,
       weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-      clip_norm=1.0, model_dim=None,
+      clip_norm=1.0,
       lr_multipliers=''))  # 'regex=factor,...' on parameter paths; 0 freezes.
   # fsdp > 1: parameters and optimizer state sharded over that many devices (FSDP); arrays
   # under fsdp_min_size elements stay replicated.
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
+  # Fine-tuning: start from an .npz written by --mode=export (or a published ViT checkpoint);
+  # reset_head re-initialises the output head (new classes).
   c.pretrained = ml_collections.ConfigDict(dict(path='', reset_head=True))
+  c.export_path = ''            # --mode=export writes here (default: workdir/params.npz).
   return c

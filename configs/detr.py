@@ -24,9 +24,9 @@ def get_config(arg=''):
   c.model = ml_collections.ConfigDict(dict(
       num_classes=None,  # From the data.
       num_queries=12, backbone_name='resnet-tiny', dilation=True,
-      backbone_norm='group_norm', frozen_stages=-1, d_model=128,
-      num_heads=4, num_encoder_layers=2, num_decoder_layers=6, d_ff=256, dropout_rate=0.0,
-      position_embedding='sine'))
+      backbone_norm='group_norm', frozen_stages=-1, hidden_size=128,
+      num_heads=4, num_encoder_layers=2, num_decoder_layers=6, mlp_dim=256, dropout_rate=0.0,
+      attention_dropout_rate=0.0, posemb='sine'))
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, eos_coef=0.1, class_weight=1.0, l1_weight=5.0, giou_weight=2.0,
       matcher='scipy'))  # or 'device': an exact Hungarian solver inside the jitted step.
@@ -45,8 +45,8 @@ def get_config(arg=''):
                  weight_decay=1e-4, clip_norm=0.1)
 
   if 'tiny' in args:
-    c.model.update(num_queries=4, d_model=32, num_heads=2, num_encoder_layers=1,
-                   num_decoder_layers=2, d_ff=64)
+    c.model.update(num_queries=4, hidden_size=32, num_heads=2, num_encoder_layers=1,
+                   num_decoder_layers=2, mlp_dim=64)
     c.data.update(shapes_train_images=24, shapes_eval_images=8, max_boxes=4,
                   shapes_max_objects=2, canvas=64, scales=(56, 64), crop_scales=(48, 56))
     c.total_steps, c.batch_size, c.eval_batch_size = 4, 8, 8
@@ -55,8 +55,8 @@ def get_config(arg=''):
   if 'r50' in args:  # The paper's DETR-R50 on COCO 2017 (§4): 500 epochs at batch 64.
     c.model.update(num_queries=100, backbone_name='resnet50', dilation=False,
                    backbone_norm='frozen_bn', frozen_stages=1,
-                   d_model=256, num_heads=8, num_encoder_layers=6, num_decoder_layers=6,
-                   d_ff=2048, dropout_rate=0.1)
+                   hidden_size=256, num_heads=8, num_encoder_layers=6, num_decoder_layers=6,
+                   mlp_dim=2048, dropout_rate=0.1)
     c.data.update(name='coco', train_split='train2017', eval_split='val2017', canvas=1333,
                   scales=tuple(range(480, 801, 32)), eval_size=800,
                   crop_scales=(400, 500, 600), crop_min=384, max_boxes=100)

@@ -25,9 +25,12 @@ def get_config(arg=''):
   c = common.trainer_config()
   c.task = 'classification'
   c.label_smoothing = 0.0
+  # Sizes come from the variant ('XS/2': 4 layers of width 128, 2x2 patches); a size set
+  # explicitly (e.g. --config.model.num_layers=6) wins over the variant's and is logged.
   c.model = ml_collections.ConfigDict(dict(
-      variant=placeholder(str), num_classes=10, patch_size=2, hidden_size=128, num_layers=4, num_heads=4,
-      mlp_dim=256, dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0,
+      variant='XS/2', num_classes=10, patch_size=placeholder(int),
+      hidden_size=placeholder(int), num_layers=placeholder(int), num_heads=placeholder(int),
+      mlp_dim=placeholder(int), dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0,
       classifier='token', representation_size=placeholder(int), activation='gelu'))
   c.data = ml_collections.ConfigDict(dict(
       name='digits', tfds_name='', data_dir='', train_split='train', eval_split='test',
@@ -39,7 +42,7 @@ def get_config(arg=''):
   c.optim.weight_decay = 0.05
 
   if 'tiny' in args:
-    c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, droppath_rate=0.0)
+    c.model.variant = 'mu/2'  # 2 layers of width 32.
     c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
     c.optim.warmup_steps = 5
@@ -49,9 +52,7 @@ def get_config(arg=''):
     c.optim.update(name='sgd', learning_rate=0.01, warmup_steps=30, weight_decay=0.0)
   for a in args:
     if '/' in a:
-      # The variant decides the sizes; any size set here or on the command line wins.
-      c.model.update(variant=a, patch_size=None, hidden_size=None, num_layers=None,
-                     num_heads=None, mlp_dim=None, droppath_rate=0.0)
+      c.model.variant = a
       c.data.update(image_size=224, channels=3, augment='inception_crop', flip=True)
       c.total_steps, c.batch_size, c.eval_every = 10_000, 512, 1000
       c.optim.update(learning_rate=3e-3, warmup_steps=1000, weight_decay=0.1)

@@ -8,7 +8,7 @@ BOS, EOS = 1, 2
 
 
 def setup():
-  model = transformer.Transformer(vocab_size=19, num_layers=2, d_model=32, d_ff=64, num_heads=4,
+  model = transformer.Transformer(vocab_size=19, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=4,
                                   dropout_rate=0.0, max_length=32)
   source = np.random.default_rng(0).integers(3, 19, (3, 6))
   source[2, 3:] = 0
@@ -50,7 +50,7 @@ def test_beam_attention_follows_its_beam():
   assert attention.shape == (3, 3, 6, 2, 4, 6)
   for k in range(3):
     target_in = np.concatenate([np.full((3, 1), BOS), np.asarray(beams[:, k, :-1])], axis=1)
-    _, aux = model.apply({'params': params}, source, target_in)
+    _, aux = model.apply({'params': params}, source, target_in, return_attention=True)
     forced = np.stack([layer['cross'] for layer in aux['decoder']['attention']], axis=2)
     for row in range(3):  # Compare up to and including EOS.
       length = next((i + 1 for i, t in enumerate(beams[row, k]) if t == EOS), 6)
@@ -61,7 +61,7 @@ def test_beam_attention_follows_its_beam():
 def test_wide_beam_finds_the_exact_optimum():
   """With beam ≥ every prefix, beam search is exhaustive: compare with brute force."""
   vocab, max_length, alpha = 5, 3, 0.6
-  model = transformer.Transformer(vocab_size=vocab, num_layers=1, d_model=16, d_ff=32,
+  model = transformer.Transformer(vocab_size=vocab, num_layers=1, hidden_size=16, mlp_dim=32,
                                   num_heads=2, dropout_rate=0.0, max_length=8)
   source = np.array([[3, 4, 3, 0], [4, 4, 3, 3]])
   params = model.init(jax.random.key(3), source, source)['params']

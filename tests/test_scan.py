@@ -8,6 +8,7 @@ from helpers import tiny
 from vit_jax import checkpoint
 from vit_jax import pretrained
 from vit_jax import train
+from vit_jax.layers import kernels
 from vit_jax.layers import transformer
 from vit_jax.models import transformer as transformer_model
 from vit_jax.ops import decoding
@@ -36,11 +37,14 @@ def test_scanned_stacks_give_the_loop_loss_and_gradients(family, remat, tmp_path
 
 def test_scanned_encoder_returns_every_layer_and_applies_each_layers_droppath_rate():
   x = np.random.default_rng(0).normal(size=(64, 4, 8)).astype(np.float32)
-  enc = transformer.Encoder(num_layers=3, num_heads=2, mlp_dim=16, droppath_rate=0.5, scan=True)
+  config = transformer.BlockConfig(num_heads=2, mlp_dim=16, droppath_rate=0.5, norm_first=True,
+                                   compute=kernels.Compute(scan_layers=True))
+  enc = transformer.Encoder(num_layers=3, config=config)
   params = enc.init(jax.random.key(0), x)
   assert jax.tree.leaves(params['params']['encoderblock'])[0].shape[0] == 3
   _, clean = enc.apply(params, x)
-  _, noisy = enc.apply(params, x, deterministic=False, rngs={'dropout': jax.random.key(1)})
+  _, noisy = enc.apply(params, x, deterministic=False, return_attention=True,
+                       rngs={'dropout': jax.random.key(1)})
   assert len(noisy['layers']) == 3 and noisy['attention'][2].shape == (64, 2, 4, 4)
   # Rates 0, 0.25, 0.5: no example skips the first block; about a quarter skip both branches
   # of the last one (its output equals its input).
@@ -52,19 +56,24 @@ def test_scanned_encoder_returns_every_layer_and_applies_each_layers_droppath_ra
 def test_scanned_decoder_stack_equals_the_loop_with_every_output_normed():
   rng = np.random.default_rng(0)
   x, memory = rng.normal(size=(2, 5, 8)), rng.normal(size=(2, 6, 8))
-  kw = dict(num_layers=3, num_heads=2, mlp_dim=16, final_norm=True, norm_every_output=True)
-  params = transformer.Decoder(**kw).init(jax.random.key(0), x, memory)['params']
-  out, aux = transformer.Decoder(**kw).apply({'params': params}, x, memory)
-  scan_out, scan_aux = transformer.Decoder(**kw, scan=True).apply(
-      {'params': stacked(params)}, x, memory)
+  kw = dict(num_layers=3, final_norm=True, norm_every_output=True)
+  config = lambda scan: transformer.BlockConfig(num_heads=2, mlp_dim=16,
+                                                compute=kernels.Compute(scan_layers=scan))
+  params = transformer.Decoder(**kw, config=config(False)).init(jax.random.key(0), x,
+                                                                memory)['params']
+  out, aux = transformer.Decoder(**kw, config=config(False)).apply(
+      {'params': params}, x, memory, return_attention=True)
+  scan_out, scan_aux = transformer.Decoder(**kw, config=config(True)).apply(
+      {'params': stacked(params)}, x, memory, return_attention=True)
   np.testing.assert_allclose(scan_out, out, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), scan_aux, aux)
 
 
 def test_scanned_decoder_decodes_like_the_loop():
   """Greedy and beam search with a stacked [L, B, ...] key/value cache."""
-  kw = dict(vocab_size=19, num_layers=2, d_model=32, d_ff=64, num_heads=4, max_length=32)
-  loop, scan = (transformer_model.Transformer(**kw, scan_layers=s) for s in (False, True))
+  kw = dict(vocab_size=19, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=4, max_length=32)
+  loop, scan = (transformer_model.Transformer(**kw, compute=kernels.Compute(scan_layers=s))
+                for s in (False, True))
   source = np.random.default_rng(0).integers(3, 19, (3, 6))
   source[2, 3:] = 0
   params = loop.init(jax.random.key(1), source, source)['params']

@@ -119,13 +119,12 @@ def test_encode_shifts_targets_and_names_overlong_examples():
 
 def test_loss_is_normalised_by_real_target_tokens():
   config = transformer_config.get_config('tiny')
-  task = task_lib.TranslationTask(config)
+  config.update_from_flattened_dict({'label_smoothing': 0.0, 'model.dropout_rate': 0.0})
+  task = task_lib.TranslationTask(config)  # Deterministic, to compare by hand.
   batch = {'source': np.array([[5, 6, 0], [5, 0, 0]]),
            'target_in': np.array([[1, 7, 8], [1, 0, 0]]),
            'target_out': np.array([[7, 8, 2], [2, 0, 0]])}
   params = task.init(jax.random.key(0), batch)
-  task.label_smoothing = 0.0
-  task.model = task.model.clone(dropout_rate=0.0)  # Deterministic, to compare by hand.
   logits, _ = task.model.apply({'params': params}, batch['source'], batch['target_in'])
   logp = jax.nn.log_softmax(logits)
   real = [(0, 0, 7), (0, 1, 8), (0, 2, 2), (1, 0, 2)]
@@ -199,9 +198,12 @@ def test_packed_rows_give_the_same_loss_as_one_pair_a_row():
   config.update_from_flattened_dict({'data.max_value': 99, 'label_smoothing': 0.1,
                                      'model.dropout_rate': 0.0})
   task = task_lib.TranslationTask(config)
+  config = config.copy_and_resolve_references()
+  config.data.pack = True
+  packed_task = task_lib.TranslationTask(config)  # Reads packed rows' segments and positions.
   encode = task_lib.Preprocess(task.tokenizer, 48, 44)
   pairs = translation.Pairs()
-  pairs.pairs = task.train_source.pairs[:12]
+  pairs.pairs = task.sources[0].pairs[:12]
   packed = translation.Packed(pairs, encode, seed=3)
   assert len(packed) < 12 and sorted(i for row in packed.rows for i in row) == list(range(12))
   rows = [packed[r] for r in range(len(packed))]
@@ -213,5 +215,5 @@ def test_packed_rows_give_the_same_loss_as_one_pair_a_row():
                  for k in ('source', 'target_in', 'target_out')}
   params = task.init(jax.random.key(0), plain_batch)
   plain, _ = task.loss_fn(params, plain_batch, jax.random.key(1))
-  packed_loss, _ = task.loss_fn(params, packed_batch, jax.random.key(1))
+  packed_loss, _ = packed_task.loss_fn(params, packed_batch, jax.random.key(1))
   np.testing.assert_allclose(packed_loss, plain, rtol=1e-5)

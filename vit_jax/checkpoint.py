@@ -35,16 +35,22 @@ class Checkpointer:
     """Saves in the background (orbax writes to a temporary folder, then renames)."""
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
-  def restore(self, step, abstract_state):
-    """abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings."""
+  def restore(self, step, abstract_state=None):
+    """abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings; None
+    restores every array as stored onto this process's first device (no model needed)."""
     try:
       stored = self.manager.item_metadata(step).tree
     except Exception as e:  # pylint: disable=broad-except
       raise IOError(f'cannot read its metadata ({type(e).__name__}: {e})') from e
-    check_matches(stored, abstract_state, f'Checkpoint {self.directory}/{step}')
+    if abstract_state is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract_state = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+    else:
+      check_matches(stored, abstract_state, f'Checkpoint {self.directory}/{step}')
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
-  def restore_newest(self, abstract_state, log=print):
+  def restore_newest(self, abstract_state=None, log=print):
     """(state, step) from the newest readable checkpoint, or (None, None) if there is none.
 
     A damaged checkpoint (unreadable or truncated files) is reported and renamed

@@ -32,6 +32,13 @@ class MetricWriter:
       self.tensorboard.close()
 
 
+def average(totals):
+  """{name: (Σ w · value, Σ w)} summed over a whole split → {name: mean}; NaN for a metric
+  with no weight at all (e.g. a box error on a split without boxes)."""
+  return {name: float(total) / float(weight) if weight else float('nan')
+          for name, (total, weight) in totals.items()}
+
+
 def read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]

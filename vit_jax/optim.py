@@ -8,9 +8,13 @@ import optax
 def make_schedule(total_steps, learning_rate, schedule='cosine', warmup_steps=0,
                   end_lr_factor=0.0, model_dim=None):
   """Linear warmup, then 'cosine', 'linear' or 'constant' decay, or the Transformer's
-  'rsqrt' (lr ∝ d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), paper §5.3)."""
+  'rsqrt' (lr = learning_rate · model_dim^-0.5 · min(step^-0.5, step · warmup^-1.5), paper
+  §5.3; model_dim is the model's width, which the trainer takes from the task)."""
   if schedule == 'rsqrt':
-    scale = learning_rate * (model_dim ** -0.5 if model_dim else 1.0)
+    if not model_dim:
+      raise ValueError("optim.schedule='rsqrt' scales by the model width, which this family's "
+                       "task does not define (Task.model_dim); choose another schedule.")
+    scale = learning_rate * model_dim ** -0.5
     warm = max(warmup_steps, 1)
     return lambda step: scale * jax.numpy.minimum((step + 1) ** -0.5, (step + 1) * warm ** -1.5)
   decay_steps = max(total_steps - warmup_steps, 1)
@@ -89,7 +93,7 @@ def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='c
                    warmup_steps=0, end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
                    eps=1e-8, momentum=0.9, nesterov=False, clip_norm=None, model_dim=None,
                    lr_multipliers=None):
-  """Returns (optax transformation, learning-rate schedule)."""
+  """Returns (optax transformation, learning-rate schedule). model_dim: see make_schedule."""
   lr = make_schedule(total_steps, learning_rate, schedule, warmup_steps, end_lr_factor,
                      model_dim)
   if name == 'adamw':

@@ -97,33 +97,42 @@ def resize_posemb(posemb, grid, num_prefix_tokens):
   return np.concatenate([prefix, tokens.reshape(1, gh * gw, -1)], axis=1)
 
 
-def load_vit(init_params, restored, grid, reset_head=True):
-  """Fits `restored` (flat npz dict) to a model whose fresh params are `init_params`.
+def fit(init_params, restored, *, fresh=(), source='Checkpoint', what='the model'):
+  """`restored` (a flat .npz dict) as a parameter tree shaped like `init_params`.
 
-  The position-embedding grid is resized to `grid` (patch rows, cols); the head is kept
-  from `init_params` when `reset_head` (new classes); `pre_logits` is dropped when the model
-  has no representation layer; blocks are stacked or not as the model's are. Anything else
-  that does not fit is an error naming it.
+  Blocks are stacked or not as the model's are; parameters under the `fresh` path prefixes
+  (a new head) keep their values from `init_params`. Anything else missing, unexpected or
+  mis-shaped is an error naming every such parameter.
   """
   init = flatten(init_params)
   restored = unstack_layers(restored)
   if any(is_stacked(k) for k in init):
     restored = stack_layers(restored)
-  restored = {k: v for k, v in restored.items()
-              if not (k.startswith('pre_logits/') and k not in init)}
-  if reset_head:
-    restored = {k: v for k, v in restored.items() if not k.startswith('head/')}
-  missing = sorted(k for k in init if k not in restored and not (reset_head and
-                                                                  k.startswith('head/')))
+  is_fresh = lambda key: key.startswith(tuple(fresh)) if fresh else False
+  restored = {k: v for k, v in restored.items() if not is_fresh(k)}
+  missing = sorted(k for k in init if k not in restored and not is_fresh(k))
   unexpected = sorted(k for k in restored if k not in init)
-  if POSEMB in restored and POSEMB in init and restored[POSEMB].shape != init[POSEMB].shape:
-    prefix = init[POSEMB].shape[1] - grid[0] * grid[1]
-    restored[POSEMB] = resize_posemb(restored[POSEMB], grid, prefix)
   misshaped = sorted(f'{k}: checkpoint {restored[k].shape} vs model {init[k].shape}'
                      for k in restored if k in init and restored[k].shape != init[k].shape)
   if missing or unexpected or misshaped:
-    raise ValueError('Checkpoint does not fit the model.\n'
+    raise ValueError(f'{source} does not fit {what}.\n'
                      f'  missing: {missing}\n  unexpected: {unexpected}\n'
                      f'  mis-shaped: {misshaped}')
   merged = {k: np.asarray(restored.get(k, v), dtype=v.dtype) for k, v in init.items()}
   return unflatten(merged)
+
+
+def load_vit(init_params, restored, grid, reset_head=True, source='Checkpoint'):
+  """Fine-tuning a ViT: `restored` (flat .npz dict) fitted to a model whose fresh params are
+  `init_params`. The position-embedding grid is resized to `grid` (patch rows, cols), the
+  head is kept from `init_params` when `reset_head` (new classes), and `pre_logits` is
+  dropped when the model has no representation layer; the rest as in `fit`.
+  """
+  init = flatten(init_params)
+  restored = {k: v for k, v in restored.items()
+              if not (k.startswith('pre_logits/') and k not in init)}
+  if POSEMB in restored and POSEMB in init and restored[POSEMB].shape != init[POSEMB].shape:
+    prefix = init[POSEMB].shape[1] - grid[0] * grid[1]
+    restored = dict(restored, **{POSEMB: resize_posemb(restored[POSEMB], grid, prefix)})
+  return fit(init_params, restored, fresh=('head/',) if reset_head else (), source=source,
+             what='the ViT')

@@ -2,7 +2,8 @@
 
 Mesh + data → task.init under jax.eval_shape → sharded init → one jitted step calling
 task.loss_fn (gradient accumulation by scan) → eval over the full split → orbax checkpoints.
-The trainer knows no model: a family plugs in through its task (vit_jax/tasks/).
+The trainer knows no model: a family plugs in through its task, and the trainer calls only
+what the contract in vit_jax/tasks/base.py declares.
 
 A step whose loss or gradients are not finite leaves the state unchanged; the host then stops
 with an error naming the step (config.on_nonfinite='stop') or counts it ('skip'). SIGTERM or
@@ -10,6 +11,7 @@ SIGINT finishes the step, saves a checkpoint and raises preemption.Interrupted.
 """
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -29,12 +31,13 @@ from vit_jax.data import pipeline
 
 
 def make_train_step(task, tx, accum_steps):
-  """state, batch, rng → state, metrics. The batch is split into `accum_steps` micro-batches
-  whose gradients are averaged before one optimizer update."""
+  """state, batch, rng → (state, metrics: the loss and the task's scalars, stats: the
+  trainer's own 'grad_norm' and 'nonfinite'). The batch is split into `accum_steps`
+  micro-batches whose gradients are averaged before one optimizer update."""
 
   def grads_of(params, batch, rng):
-    (_, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, rng)
-    return grads, metrics
+    (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, rng)
+    return grads, dict(metrics, loss=loss)
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state['step'])
@@ -57,13 +60,13 @@ def make_train_step(task, tx, accum_steps):
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     new_params = jax.tree.map(jnp.add, params, updates)
-    metrics['grad_norm'] = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
+    grad_norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
     # A non-finite step changes nothing: the host decides whether to stop or go on.
-    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    metrics['nonfinite'] = 1 - finite.astype(jnp.int32)
+    stats = {'grad_norm': grad_norm, 'nonfinite': 1 - finite.astype(jnp.int32)}
     return {'step': state['step'] + 1, 'params': keep(new_params, params),
-            'opt_state': keep(opt_state, state['opt_state'])}, metrics
+            'opt_state': keep(opt_state, state['opt_state'])}, metrics, stats
 
   return step
 
@@ -81,7 +84,8 @@ class Trainer:
     if config.batch_size % (config.accum_steps * self.mesh.devices.size):
       raise ValueError(f'batch_size={config.batch_size} must be divisible by accum_steps '
                        f'({config.accum_steps}) x devices ({self.mesh.devices.size}).')
-    self.tx, self.schedule = optim.make_optimizer(config.total_steps, **config.optim)
+    self.tx, self.schedule = optim.make_optimizer(config.total_steps, **config.optim,
+                                                  model_dim=self.task.model_dim())
     self.rng = jax.random.key(config.seed)
 
     def init(rng):
@@ -98,9 +102,16 @@ class Trainer:
     traced = lambda fn: sharding.traced_under(self.mesh, fn)
     self.train_step = jax.jit(traced(make_train_step(self.task, self.tx, config.accum_steps)),
                               in_shardings=(self.state_shardings, batch_sh, replicated),
-                              out_shardings=(self.state_shardings, replicated),
+                              out_shardings=(self.state_shardings, replicated, replicated),
                               donate_argnums=0)
-    self.eval_step = jax.jit(traced(self.task.eval_step),
+
+    def eval_step(params, batch):
+      """The task's pairs and outputs, the outputs' row weights, and the real examples."""
+      pairs, outputs = self.task.eval_step(params, batch)
+      weight = batch[pipeline.WEIGHT]
+      return pairs, dict(outputs, **{pipeline.WEIGHT: weight}) if outputs else {}, weight.sum()
+
+    self.eval_step = jax.jit(traced(eval_step),
                              in_shardings=(self.state_shardings['params'], batch_sh),
                              out_shardings=replicated)
 
@@ -123,21 +134,28 @@ class Trainer:
     try:
       return checkpoints.restore_newest(abstract, log)
     except checkpoint_lib.CheckpointMismatch as e:
-      hint = getattr(self.task, 'checkpoint_hint', None)
-      raise checkpoint_lib.CheckpointMismatch(f'{e} {hint()}' if hint else str(e)) from None
+      raise checkpoint_lib.CheckpointMismatch(f'{e} {self.task.checkpoint_hint()}'.rstrip()
+                                              ) from None
 
   def evaluate(self, params, source, preprocess):
-    """Metrics over every example of the eval split: the task's step returns (sums, outputs);
-    sums add up on device, outputs (e.g. decoded tokens) are gathered for host-side metrics."""
-    sums, outputs = None, []
+    """Metrics over every example of the eval split: the task's (Σ w · value, Σ w) pairs add
+    up on device and are divided once; its outputs (e.g. decoded tokens) are gathered,
+    padding rows dropped, for host-side metrics. 'count': the number of real examples."""
+    totals, outputs, count = None, [], 0.0
     batches = pipeline.eval_batches(source, preprocess, self.local_eval_batch,
                                     num_threads=self.config.data.num_threads)
     for local in batches:
-      batch_sums, batch_outputs = self.eval_step(params, sharding.global_batch(local, self.mesh))
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      pairs, batch_outputs, real = self.eval_step(params, sharding.global_batch(local, self.mesh))
+      totals = pairs if totals is None else jax.tree.map(jnp.add, totals, pairs)
+      count += real
       if batch_outputs:
-        outputs.append(sharding.to_host(batch_outputs))
-    metrics = self.task.summarize(jax.device_get(sums), outputs, source)
+        out = sharding.to_host(batch_outputs)
+        keep = out.pop(pipeline.WEIGHT) > 0
+        outputs.append({k: v[keep] for k, v in out.items()})
+    outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
+    metrics = metrics_lib.average(jax.device_get(totals))
+    metrics.update(self.task.eval_metrics(outputs, source))
+    metrics['count'] = count
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -164,19 +182,19 @@ class NonFiniteGuard:
       raise ValueError(f'Unknown on_nonfinite={mode!r}; expected one of {NONFINITE_MODES}.')
     self.mode, self.pending, self.skipped = mode, [], 0
 
-  def add(self, step, metrics):
-    self.pending.append((step, metrics))
+  def add(self, step, loss, stats):
+    self.pending.append((step, (loss, stats)))
 
   def check(self, last_checkpoint):
     pending, self.pending = jax.device_get(self.pending), []
-    for step, metrics in pending:
-      if not metrics['nonfinite']:
+    for step, (loss, stats) in pending:
+      if not stats['nonfinite']:
         continue
       if self.mode == 'skip':
         self.skipped += 1
         continue
-      bad = {k: float(metrics[k]) for k in sorted(metrics, key=lambda k: (
-          k != 'loss', k != 'grad_norm', k)) if k != 'nonfinite' and not np.isfinite(metrics[k])}
+      values = {'loss': loss, 'grad_norm': stats['grad_norm']}
+      bad = {k: float(v) for k, v in values.items() if not np.isfinite(v)}
       where = (f'step {last_checkpoint}' if last_checkpoint else 'none yet')
       raise FloatingPointError(
           f'Non-finite {", ".join(bad)} at step {step} ({bad}). Training stopped without '
@@ -221,9 +239,9 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
     with preemption.StopOnSignal() as signals:
       for step in range(start + 1, last_step + 1):
         batch = sharding.global_batch(next(batches), trainer.mesh)
-        state, metrics = trainer.train_step(state, batch, trainer.rng)
-        guard.add(step, metrics)
-        window.append(metrics)
+        state, metrics, stats = trainer.train_step(state, batch, trainer.rng)
+        guard.add(step, metrics['loss'], stats)
+        window.append((metrics, stats))
         progress.update(1)
         log_now = step % config.log_every == 0 or step == config.total_steps
         eval_now = step % config.eval_every == 0 or step == config.total_steps
@@ -235,9 +253,10 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
         if log_now:
           window = jax.device_get(window)
           elapsed = time.perf_counter() - window_start
-          counted = [m for m in window if not m['nonfinite']] or window  # Skipped: not averaged.
-          scalars = {f'train/{k}': np.mean([m[k] for m in counted]) for k in window[0]
-                     if k != 'nonfinite'}
+          # Skipped steps are not averaged in.
+          counted = [m for m in window if not m[1]['nonfinite']] or window
+          scalars = {f'train/{k}': np.mean([m[0][k] for m in counted]) for k in window[0][0]}
+          scalars['train/grad_norm'] = np.mean([m[1]['grad_norm'] for m in counted])
           scalars['train/learning_rate'] = trainer.schedule(step - 1)
           scalars['train/examples_per_sec'] = len(window) * config.batch_size / elapsed
           if config.on_nonfinite == 'skip':
@@ -249,6 +268,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
 
         if eval_now and not stop_now:
           eval_metrics = trainer.evaluate(state['params'], eval_source, preprocess.eval)
+          # 'count' (the trainer's own: real examples seen) is printed, not plotted.
           writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
           if main_process:
             progress.write(f'step {step}: ' + ', '.join(
@@ -273,8 +293,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
 
   if main_process and os.path.exists(writer.path):
     png = plots.training_curves(writer.path, os.path.join(workdir, 'training_curves.png'))
-    if hasattr(trainer.task, 'write_plots'):  # Family-specific pictures (attention maps).
-      print(f'Plots: {os.path.abspath(trainer.task.write_plots(state["params"], workdir))}')
+    for path in trainer.task.write_plots(state['params'], workdir):  # Attention maps, boxes.
+      print(f'Plot: {os.path.abspath(path)}')
     print(f'Checkpoints: {checkpoints.directory}\nMetrics: {os.path.abspath(writer.path)} and '
           f'{os.path.abspath(os.path.join(workdir, "tensorboard"))}\n'
           f'Training curves: {os.path.abspath(png)}')
@@ -294,13 +314,35 @@ def restore_latest(config, workdir, devices=None):
   return trainer, state, step
 
 
-def export(config, workdir, path=None, devices=None):
-  """Writes the newest checkpoint's parameters to `path` (default workdir/params.npz) in the
-  published ViT .npz layout, for fine-tuning (config.pretrained.path) or other codebases."""
+def export(config, workdir, path=None):
+  """Writes the newest checkpoint's parameters to `path` (default config.export_path, else
+  workdir/params.npz) in the published ViT .npz layout, for fine-tuning
+  (config.pretrained.path) or other codebases, with the task's artifacts (a tokenizer)
+  beside it. Builds no model and reads no data: the parameters are read as stored."""
   from vit_jax import pretrained
-  _, state, step = restore_latest(config, workdir, devices)
-  path = path or os.path.join(workdir, 'params.npz')
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+  state, step = checkpoints.restore_newest()
+  checkpoints.close()
+  if state is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpoints.directory}; train first.')
+  path = os.path.abspath(path or config.export_path or os.path.join(workdir, 'params.npz'))
   if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     pretrained.save_npz(jax.device_get(state['params']), path)
+    for name in tasks.get_task(config.task).artifacts:
+      source, target = os.path.join(workdir, name), os.path.join(os.path.dirname(path), name)
+      if os.path.exists(source) and os.path.abspath(source) != target:
+        shutil.copyfile(source, target)
     print(f'Exported step {step} parameters to {path}')
   return path
+
+
+def run_command(config, workdir, mode):
+  """A family's own mode (Task.commands, e.g. 'translate') with the newest checkpoint."""
+  task = tasks.get_task(config.task)(config, workdir)
+  commands = task.commands()
+  if mode not in commands:
+    raise ValueError(f'Unknown --mode={mode!r} for task {config.task!r}; expected one of '
+                     f"{['train', 'export'] + sorted(commands)}.")
+  trainer, state, _ = restore_latest(config, workdir)
+  trainer.task.commands()[mode](state['params'])

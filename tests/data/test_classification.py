@@ -107,9 +107,9 @@ def test_eval_batches_count_every_example_once():
   batches = list(pipeline.eval_batches(list(range(10)), _identity, 4))
   assert len(batches) == 3 == pipeline.num_eval_batches(range(10), 4)
   x = np.concatenate([b['x'] for b in batches])
-  mask = np.concatenate([b['mask'] for b in batches])
-  assert mask.sum() == 10
-  assert sorted(x[mask == 1].tolist()) == list(range(10))
+  weight = np.concatenate([b[pipeline.WEIGHT] for b in batches])
+  assert weight.sum() == 10
+  assert sorted(x[weight == 1].tolist()) == list(range(10))
   with pytest.raises(ValueError, match='The evaluation split is empty'):
     pipeline.eval_batches([], _identity, 4)
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from vit_jax.layers import attention
+from vit_jax.layers import kernels
 from vit_jax.layers import masks
 
 
@@ -111,7 +112,7 @@ def test_heads_must_divide_features():
 def test_bfloat16_matmul_gradients_run_in_bfloat16_and_match_float32():
   x = jax.random.normal(jax.random.key(0), (16, 32))
   w = jax.random.normal(jax.random.key(1), (32, 8))
-  loss = lambda dtype: lambda x, w: (attention.matmul(x, w, dtype).astype(jnp.float32) ** 2).sum()
+  loss = lambda dtype: lambda x, w: (kernels.matmul(x, w, dtype).astype(jnp.float32) ** 2).sum()
   want = jax.grad(loss(jnp.float32), argnums=(0, 1))(x, w)
   grad_fn = jax.grad(loss(jnp.bfloat16), argnums=(0, 1))
   got = grad_fn(x, w)

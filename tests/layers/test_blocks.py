@@ -12,7 +12,9 @@ def _x(*shape, seed=0):
 
 def test_positions_go_to_queries_and_keys_not_values():
   """Post-LN block with pos equals attention(q=k=x+pos, v=x) computed by hand."""
-  block = transformer.EncoderBlock(num_heads=2, mlp_dim=16, norm_first=False)
+  config = transformer.BlockConfig(num_heads=2, mlp_dim=16, activation='gelu',
+                                   layer_norm_eps=1e-6)
+  block = transformer.EncoderBlock(config)
   x, pos = _x(2, 5, 8), _x(2, 5, 8, seed=1)
   params = block.init(jax.random.key(0), x, pos=pos)
   out, _ = block.apply(params, x, pos=pos)
@@ -22,7 +24,7 @@ def test_positions_go_to_queries_and_keys_not_values():
   ln = lambda v, s: (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6) \
       * s['scale'] + s['bias']
   h = ln(x + np.asarray(y), p['LayerNorm_0'])
-  mlp = transformer.MlpBlock(16)
+  mlp = transformer.MlpBlock(config)
   expected = ln(h + np.asarray(mlp.apply({'params': p['MlpBlock_3']}, h)), p['LayerNorm_2'])
   np.testing.assert_allclose(out, expected, atol=1e-5)
   # Adding pos to the values as well would give something else.
@@ -31,10 +33,11 @@ def test_positions_go_to_queries_and_keys_not_values():
 
 
 def test_encoder_returns_every_layer():
-  enc = transformer.Encoder(num_layers=3, num_heads=2, mlp_dim=16, learned_posemb=True)
+  enc = transformer.Encoder(num_layers=3, config=transformer.BlockConfig(num_heads=2, mlp_dim=16),
+                            posemb='learn')
   x = _x(2, 4, 8)
   params = enc.init(jax.random.key(0), x)
-  out, aux = enc.apply(params, x)
+  out, aux = enc.apply(params, x, return_attention=True)
   assert len(aux['layers']) == 3 and len(aux['attention']) == 3
   assert aux['attention'][0].shape == (2, 2, 4, 4)
   assert out.shape == (2, 4, 8)
@@ -43,13 +46,13 @@ def test_encoder_returns_every_layer():
 
 
 def test_decoder_is_causal_and_respects_memory_padding():
-  dec = transformer.Decoder(num_layers=2, num_heads=2, mlp_dim=16, final_norm=True,
-                            norm_every_output=True)
+  dec = transformer.Decoder(num_layers=2, config=transformer.BlockConfig(num_heads=2, mlp_dim=16),
+                            final_norm=True, norm_every_output=True)
   x, memory = _x(1, 5, 8), _x(1, 6, 8, seed=1)
   valid = np.array([[1, 1, 1, 1, 0, 0]], bool)
   kw = dict(self_mask=masks.causal_mask(5), cross_mask=masks.key_padding_mask(valid))
   params = dec.init(jax.random.key(0), x, memory, **kw)
-  out, aux = dec.apply(params, x, memory, **kw)
+  out, aux = dec.apply(params, x, memory, **kw, return_attention=True)
   x2, memory2 = x.copy(), memory.copy()
   x2[:, 3:] += 3.0
   memory2[:, 4:] = 99.0

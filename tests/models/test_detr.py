@@ -89,8 +89,9 @@ def images(seed=0):
 
 
 def ours():
-  return detr.DETR(num_classes=3, num_queries=5, backbone_name='resnet-tiny', d_model=32, num_heads=4,
-                   num_encoder_layers=1, num_decoder_layers=2, d_ff=64, dropout_rate=0.0)
+  return detr.DETR(num_classes=3, num_queries=5, backbone_name='resnet-tiny', hidden_size=32,
+                   num_heads=4, num_encoder_layers=1, num_decoder_layers=2, mlp_dim=64,
+                   dropout_rate=0.0)
 
 
 def test_parity_with_hugging_face_detr_outputs_and_loss():

@@ -8,7 +8,7 @@ PAD = 0
 
 
 def tiny_model(**kw):
-  args = dict(vocab_size=23, num_layers=2, d_model=32, d_ff=64, num_heads=4, dropout_rate=0.0,
+  args = dict(vocab_size=23, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=4, dropout_rate=0.0,
               max_length=16)
   args.update(kw)
   return transformer.Transformer(**args)
@@ -37,9 +37,10 @@ def test_masked_future_and_padding_change_nothing():
   np.testing.assert_allclose(np.asarray(logits)[1], np.asarray(logits3)[1], atol=1e-5)
 
 
-def test_unknown_size():
-  with pytest.raises(ValueError, match="Unknown Transformer size 'huge'"):
-    transformer.decode_size('huge')
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="Unknown Transformer variant 'huge'; expected one of "
+                                       r"\['tiny', 'small', 'base', 'big'\]"):
+    transformer.decode_variant('huge')
 
 
 def port_from_torch(t, num_layers, heads):

@@ -12,6 +12,12 @@ import grain
 import jax
 import numpy as np
 
+# Batch keys the trainer itself relies on; every other key belongs to a family's task.
+# WEIGHT, float32 [B], in evaluation batches: 1 for a real example, 0 for a copy that pads
+# the last batch to full size. Tasks weight their eval sums by it, and the trainer drops the
+# padding rows from the outputs it gathers for host-side metrics.
+WEIGHT = 'weight'
+
 
 class MalformedExample(ValueError):
   """An example that cannot be read or preprocessed; the message names it."""
@@ -66,7 +72,7 @@ def train_batches(source, preprocess, local_batch, *, seed, start_step=0, num_th
 
 class _Padded:
   """Source padded to a multiple of the global batch with copies of the last example; the
-  'mask' entry is 0 on the copies so metrics count every real example exactly once."""
+  WEIGHT entry is 0 on the copies so metrics count every real example exactly once."""
 
   def __init__(self, source, preprocess, global_batch):
     self.source, self.preprocess = source, preprocess
@@ -79,11 +85,11 @@ class _Padded:
     real = min(index, len(self.source) - 1)
     example = call_naming(self.source, real, 'Evaluation',
                           lambda: self.preprocess(self.source[real]))
-    return dict(example, mask=np.float32(index < len(self.source)))
+    return dict(example, **{WEIGHT: np.float32(index < len(self.source))})
 
 
 def eval_batches(source, preprocess, local_batch, *, num_threads=2):
-  """This process's eval batches over the whole split, last one padded and masked."""
+  """This process's eval batches over the whole split, the last one padded (WEIGHT 0)."""
   if len(source) == 0:
     raise ValueError('The evaluation split is empty.')
   padded = _Padded(source, preprocess, local_batch * jax.process_count())

@@ -1,10 +1,11 @@
-"""The attention core shared by ViT, the Transformer and DETR.
+"""Scaled dot-product and multi-head attention ("Attention Is All You Need" §3.2), shared by
+ViT, the Transformer and DETR.
 
-Parameters follow Flax's `MultiHeadDotProductAttention` layout (query/key/value kernels
-[D, H, Dh], out kernel [H, Dh, D]) so published ViT checkpoints load unchanged, but the
-projections run as 2-D matmuls ([B*L, D] @ [D, H*Dh]), about 2x faster on CPU than 3-D ones.
+This file is the textbook; how the arithmetic runs (fused projections, bfloat16 matmuls, a
+fused attention kernel) is chosen by `implementation` and lives in kernels.py. Parameters
+follow Flax's `MultiHeadDotProductAttention` layout (query/key/value kernels [D, H, Dh], out
+kernel [H, Dh, D]) so published ViT checkpoints load unchanged.
 """
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -12,58 +13,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = Any
-
-
-def einsum(spec, a, b, dtype):
-  """jnp.einsum with operands in `dtype`, accumulated and returned in float32.
-
-  In bfloat16 the backward einsums run in bfloat16 too (left to autodiff they would mix a
-  float32 cotangent with bfloat16 operands and run at float32 speed); gradients come back in
-  the operands' own dtypes.
-  """
-  if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
-  return _low_precision_einsum(spec, a, b, jnp.dtype(dtype))
-
-
-def matmul(x, w, dtype):
-  """x [N, K] @ w [K, M] → [N, M] in `dtype`, accumulated in float32 (see `einsum`)."""
-  return einsum('nk,km->nm', x, w, dtype).astype(dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _low_precision_einsum(spec, a, b, dtype):
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
-
-
-def _low_precision_einsum_fwd(spec, a, b, dtype):
-  ac, bc = a.astype(dtype), b.astype(dtype)
-  out = jnp.einsum(spec, ac, bc, preferred_element_type=jnp.float32)
-  # Zero-size arrays carry the operands' dtypes to the backward pass.
-  return out, (ac, bc, jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype))
-
-
-def _low_precision_einsum_bwd(spec, dtype, residuals, g):
-  ac, bc, a_like, b_like = residuals
-  _, vjp = jax.vjp(lambda x, y: jnp.einsum(spec, x, y), ac, bc)
-  da, db = vjp(g.astype(dtype))
-  return da.astype(a_like.dtype), db.astype(b_like.dtype)
-
-
-_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+from vit_jax.layers import kernels
 
 
 def dot_product_attention(query, key, value, mask=None, *, dropout_rate=0.0,
                           dropout_rng=None, dtype=jnp.float32):
-  """softmax(q kᵀ / √Dh) v (paper §3.2.1).
+  """softmax(q kᵀ / √Dh) v (§3.2.1).
 
   query [B, Lq, H, Dh], key/value [B, Lk, H, Dh], mask broadcastable to [B, H, Lq, Lk]
   (True = attend). Returns (output [B, Lq, H, Dh], weights [B, H, Lq, Lk]).
   """
   depth = query.shape[-1]
   query = query / jnp.sqrt(depth).astype(query.dtype)
-  logits = einsum('bqhd,bkhd->bhqk', query, key, dtype)  # float32
+  logits = kernels.einsum('bqhd,bkhd->bhqk', query, key, dtype)  # float32
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)  # float32 softmax for stability.
@@ -73,7 +35,7 @@ def dot_product_attention(query, key, value, mask=None, *, dropout_rate=0.0,
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return einsum('bhqk,bkhd->bqhd', probs, value, dtype).astype(dtype), weights
+  return kernels.einsum('bhqk,bkhd->bqhd', probs, value, dtype).astype(dtype), weights
 
 
 def _flat_init(init, shape, split):
@@ -85,67 +47,29 @@ def _flat_init(init, shape, split):
   return wrapped
 
 
-class Projection(nn.Module):
-  """Holds one head-split projection's parameters: kernel [D, H, Dh], bias [H, Dh]."""
-  num_heads: int
-  head_dim: int
-  kernel_init: Any
-  bias_init: Any
+class HeadWeights(nn.Module):
+  """One projection's parameters: kernel [D_in, H, Dh] and bias [H, Dh] (split into heads),
+  or with `merge` the output projection's kernel [H, Dh, D_out] and bias [D_out]."""
+  shape: tuple
+  merge: bool = False
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  bias_init: Any = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, in_dim):
-    shape = (in_dim, self.num_heads, self.head_dim)
-    kernel = self.param('kernel', _flat_init(self.kernel_init, shape, 1), shape)
-    bias = self.param('bias', self.bias_init, (self.num_heads, self.head_dim))
+  def __call__(self):
+    split = 2 if self.merge else 1
+    kernel = self.param('kernel', _flat_init(self.kernel_init, self.shape, split), self.shape)
+    bias = self.param('bias', self.bias_init, self.shape[split:])
     return kernel, bias
 
 
-def project_qkv(projections, inputs_q, inputs_k, inputs_v, dtype):
-  """Projects to [B, L, H, Dh] each, one fused matmul per distinct input array.
-
-  Self-attention (q = k = v) is one [B*L, D] @ [D, 3*H*Dh] matmul; DETR (q = k ≠ v) is two.
-  """
-  groups = []  # [(input, [names])], grouped by identity.
-  for name, x in zip(('query', 'key', 'value'), (inputs_q, inputs_k, inputs_v)):
-    group = next((g for g in groups if g[0] is x), None)
-    if group is None:
-      groups.append((x, [name]))
-    else:
-      group[1].append(name)
-  out = {}
-  for x, names in groups:
-    params = [projections[n](x.shape[-1]) for n in names]
-    heads, head_dim = params[0][1].shape
-    w = jnp.concatenate([k.reshape(k.shape[0], -1) for k, _ in params], axis=1)
-    b = jnp.concatenate([b.reshape(-1) for _, b in params])
-    y = matmul(x.reshape(-1, x.shape[-1]), w, dtype) + b.astype(dtype)
-    y = y.reshape(x.shape[:-1] + (len(names), heads, head_dim))
-    out.update({n: y[..., i, :, :] for i, n in enumerate(names)})
-  return out['query'], out['key'], out['value']
-
-
-class OutProjection(nn.Module):
-  """Merges heads: [B, L, H, Dh] → [B, L, D] with kernel [H, Dh, D] (checkpoint layout)."""
-  features: int
-  kernel_init: Any
-  bias_init: Any
-
-  @nn.compact
-  def __call__(self, x, dtype):
-    heads, head_dim = x.shape[-2:]
-    shape = (heads, head_dim, self.features)
-    kernel = self.param('kernel', _flat_init(self.kernel_init, shape, 2), shape)
-    bias = self.param('bias', self.bias_init, (self.features,))
-    y = matmul(x.reshape(-1, heads * head_dim), kernel.reshape(-1, self.features), dtype)
-    return (y + bias.astype(dtype)).reshape(x.shape[:-2] + (self.features,))
-
-
 class MultiHeadAttention(nn.Module):
-  """Multi-head attention with separate query, key and value inputs.
+  """MultiHead(Q, K, V) = Concat(head_1, …, head_h) W_O, head_i = Attention(Q W_Qi, K W_Ki,
+  V W_Vi) (§3.2.2).
 
-  Separate inputs let DETR add positions to queries and keys but not to values. With
-  `decode=True` keys and values are appended to a cache one step at a time (the
-  Transformer's autoregressive decoding); call once with the full-length input to size it.
+  Queries, keys and values come from separate inputs, so DETR can add positions to queries
+  and keys but not to values. With `decode=True` keys and values are appended to a cache one
+  step at a time (autoregressive decoding); call once with the full-length input to size it.
   """
   num_heads: int
   qkv_features: Optional[int] = None
@@ -153,37 +77,65 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
+  implementation: str = 'fused'  # kernels.ATTENTION_IMPLS
   kernel_init: Any = nn.initializers.xavier_uniform()
   bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None,
-               deterministic=True):
-    """inputs_q [B, Lq, Dq], inputs_k/inputs_v [B, Lk, Dk] (default: inputs_q).
+               deterministic=True, return_weights=False):
+    """inputs_q [B, Lq, Dq]; keys from inputs_k [B, Lk, Dk] (None: from inputs_q), values
+    from inputs_v (None: from the keys' input). mask broadcastable to [B, H, Lq, Lk].
 
-    Returns (output [B, Lq, out_features], attention weights [B, H, Lq, Lk]).
+    Returns (output [B, Lq, out_features], weights [B, H, Lq, Lk] if `return_weights` else
+    None).
     """
-    inputs_k = inputs_q if inputs_k is None else inputs_k
-    inputs_v = inputs_k if inputs_v is None else inputs_v
+    if self.implementation not in kernels.ATTENTION_IMPLS:
+      raise ValueError(f'Unknown attention implementation {self.implementation!r}; expected '
+                       f'one of {kernels.ATTENTION_IMPLS}.')
     features = self.qkv_features or inputs_q.shape[-1]
     if features % self.num_heads:
       raise ValueError(f'qkv_features={features} is not divisible by num_heads={self.num_heads}.')
     head_dim = features // self.num_heads
-    params = {n: Projection(self.num_heads, head_dim, self.kernel_init, self.bias_init, name=n)
-              for n in ('query', 'key', 'value')}
-    query, key, value = project_qkv(params, inputs_q, inputs_k, inputs_v, self.dtype)
+    # Which input each projection reads; inputs left out share the previous one.
+    groups = [(inputs_q, ['query'])]
+    for name, given in (('key', inputs_k), ('value', inputs_v)):
+      if given is None:
+        groups[-1][1].append(name)
+      else:
+        groups.append((given, [name]))
+    weights = {name: HeadWeights((x.shape[-1], self.num_heads, head_dim), False,
+                                 self.kernel_init, self.bias_init, name=name)()
+               for x, names in groups for name in names}
+
+    if self.implementation == 'plain':
+      project = lambda x, w: kernels.einsum('bld,dhk->blhk', x, w[0], self.dtype).astype(
+          self.dtype) + w[1].astype(self.dtype)
+      qkv = {name: project(x, weights[name]) for x, names in groups for name in names}
+    else:
+      qkv = kernels.fused_projections(groups, weights, self.dtype)
+    query, key, value = qkv['query'], qkv['key'], qkv['value']  # [B, L, H, Dh]
 
     if self.decode:
       key, value, mask = self._update_cache(key, value, mask)
 
-    dropout_rng = None
-    if not deterministic and self.dropout_rate > 0.0:
-      dropout_rng = self.make_rng('dropout')
-    out, weights = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
-                                         dropout_rng=dropout_rng, dtype=self.dtype)
+    dropout = not deterministic and self.dropout_rate > 0.0
+    if self.implementation == 'xla' and not return_weights and not dropout:
+      out, attention_weights = kernels.xla_attention(query, key, value, mask, self.dtype), None
+    else:
+      out, attention_weights = dot_product_attention(
+          query, key, value, mask, dropout_rate=self.dropout_rate,
+          dropout_rng=self.make_rng('dropout') if dropout else None, dtype=self.dtype)
+
     out_dim = self.out_features or inputs_q.shape[-1]
-    out = OutProjection(out_dim, self.kernel_init, self.bias_init, name='out')(out, self.dtype)
-    return out, weights
+    kernel, bias = HeadWeights((self.num_heads, head_dim, out_dim), True, self.kernel_init,
+                               self.bias_init, name='out')()
+    if self.implementation == 'plain':
+      out = kernels.einsum('blhk,hkd->bld', out, kernel, self.dtype).astype(
+          self.dtype) + bias.astype(self.dtype)
+    else:
+      out = kernels.merge_heads(out, kernel, bias, self.dtype)
+    return out, attention_weights if return_weights else None
 
   def _update_cache(self, key, value, mask):
     """Writes this step's keys/values at the cache index; masks the slots not yet written."""

@@ -6,12 +6,11 @@ learned object queries are query positions → class head (num_classes + 1, no-o
 and a 3-layer box MLP with sigmoid → normalised (cx, cy, w, h). Every decoder layer's output
 goes through the shared final LayerNorm and both heads, for the auxiliary losses (§3.2).
 """
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.layers import kernels
 from vit_jax.layers import masks
 from vit_jax.layers import posemb
 from vit_jax.layers import transformer
@@ -43,65 +42,68 @@ class DETR(nn.Module):
   dilation: bool = False
   backbone_norm: str = 'frozen_bn'
   frozen_stages: int = 1
-  d_model: int = 256
+  hidden_size: int = 256
   num_heads: int = 8
   num_encoder_layers: int = 6
   num_decoder_layers: int = 6
-  d_ff: int = 2048
+  mlp_dim: int = 2048
   dropout_rate: float = 0.1
-  position_embedding: str = 'sine'  # or 'learned'
-  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
-  remat: bool = False  # Of the transformer blocks.
-  scan_layers: bool = False  # Each stack as one nn.scan (parameters stacked [L, ...]).
+  attention_dropout_rate: float = 0.0
+  posemb: str = 'sine'  # or 'learn'
+  compute: kernels.Compute = kernels.Compute()
 
   def setup(self):
     self.backbone = resnet.ResNet(**resnet.decode_variant(self.backbone_name),
                                   dilation=self.dilation, norm=self.backbone_norm,
-                                  frozen_stages=self.frozen_stages,
-                                  dtype=self.dtype)
-    self.input_proj = nn.Conv(self.d_model, (1, 1), dtype=self.dtype)
-    if self.position_embedding == 'learned':
-      self.pos_embed = posemb.LearnedPosition2D(self.d_model // 2)
-    elif self.position_embedding != 'sine':
-      raise ValueError(f"Unknown position_embedding {self.position_embedding!r}; expected "
-                       "'sine' or 'learned'.")
-    stack = dict(num_heads=self.num_heads, mlp_dim=self.d_ff, dropout_rate=self.dropout_rate,
-                 norm_first=False, activation='relu', layer_norm_eps=1e-5, dtype=self.dtype,
-                 remat=self.remat, scan=self.scan_layers)
-    self.encoder = transformer.Encoder(self.num_encoder_layers, final_norm=False, **stack)
-    self.decoder = transformer.Decoder(self.num_decoder_layers, final_norm=True,
-                                       norm_every_output=True, **stack)
+                                  frozen_stages=self.frozen_stages, dtype=self.compute.dtype)
+    self.input_proj = nn.Conv(self.hidden_size, (1, 1), dtype=self.compute.dtype)
+    if self.posemb == 'learn':
+      self.pos_embed = posemb.LearnedPosition2D(self.hidden_size // 2)
+    elif self.posemb != 'sine':
+      raise ValueError(f"Unknown posemb {self.posemb!r}; expected 'sine' or 'learn'.")
+    block = transformer.BlockConfig(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, norm_first=False,
+        activation='relu', layer_norm_eps=1e-5, compute=self.compute)
+    self.encoder = transformer.Encoder(self.num_encoder_layers, block, final_norm=False)
+    self.decoder = transformer.Decoder(self.num_decoder_layers, block, final_norm=True,
+                                       norm_every_output=True)
     self.query_embed = self.param('query_embed', nn.initializers.normal(1.0),
-                                  (self.num_queries, self.d_model))
+                                  (self.num_queries, self.hidden_size))
     self.class_head = nn.Dense(self.num_classes + 1)
-    self.box_head = BoxHead(self.d_model)
+    self.box_head = BoxHead(self.hidden_size)
 
-  def __call__(self, image, pixel_mask=None, *, train=False):
+  def __call__(self, image, pixel_mask=None, *, train=False, return_attention=False):
     """image [B, H, W, 3], pixel_mask [B, H, W] (True = real pixel) →
     ({'logits': [L, B, Q, C+1], 'boxes': [L, B, Q, 4]} for every decoder layer (the last is the
-    prediction), aux with attention weights and the feature-map mask)."""
+    prediction), aux with the feature-map mask and, when asked for, the attention weights)."""
     if pixel_mask is None:
       pixel_mask = jnp.ones(image.shape[:3], bool)
     features = self.backbone(image)['stage4']
     mask = downsample_mask(pixel_mask, *features.shape[1:3])
-    return self.detect(features, mask, train=train)
+    return self.detect(features, mask, train=train, return_attention=return_attention)
 
-  def detect(self, features, mask, *, train=False):
+  def detect(self, features, mask, *, train=False, return_attention=False):
     """Backbone features [B, h, w, C] and their mask [B, h, w] → (outputs, aux)."""
     b, h, w, _ = features.shape
+    d = self.hidden_size
     x = self.input_proj(features)
-    if self.position_embedding == 'sine':
-      pos = posemb.sine_2d(mask, self.d_model // 2)
+    if self.posemb == 'sine':
+      pos = posemb.sine_2d(mask, d // 2)
     else:
-      pos = jnp.broadcast_to(self.pos_embed(h, w), (b, h, w, self.d_model))
-    x, pos = x.reshape(b, h * w, self.d_model), pos.reshape(b, h * w, self.d_model)
+      pos = jnp.broadcast_to(self.pos_embed(h, w), (b, h, w, d))
+    x, pos = x.reshape(b, h * w, d), pos.reshape(b, h * w, d)
     key_mask = masks.key_padding_mask(mask.reshape(b, h * w))
-    memory, enc_aux = self.encoder(x, mask=key_mask, pos=pos, deterministic=not train)
+    memory, enc_aux = self.encoder(x, mask=key_mask, pos=pos, deterministic=not train,
+                                   return_attention=return_attention)
     query_pos = jnp.broadcast_to(self.query_embed[None], (b,) + self.query_embed.shape)
     _, dec_aux = self.decoder(jnp.zeros_like(query_pos), memory, cross_mask=key_mask,
-                              query_pos=query_pos, memory_pos=pos, deterministic=not train)
+                              query_pos=query_pos, memory_pos=pos, deterministic=not train,
+                              return_attention=return_attention)
     hidden = jnp.stack(dec_aux['layers']).astype(jnp.float32)  # [L, B, Q, D]
     outputs = {'logits': self.class_head(hidden), 'boxes': self.box_head(hidden)}
-    aux = {'encoder_attention': enc_aux['attention'], 'decoder_attention': dec_aux['attention'],
-           'feature_mask': mask}
+    aux = {'feature_mask': mask}
+    if return_attention:
+      aux.update(encoder_attention=enc_aux['attention'],
+                 decoder_attention=dec_aux['attention'])
     return outputs, aux

@@ -8,12 +8,14 @@ from typing import Any, Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_jax.layers import attention
+from vit_jax.layers import kernels
 from vit_jax.layers import transformer
 
-# Table 1 of the paper (+ Ti/S from DeiT), and tiny widths for tests and CPU runs.
+# Table 1 of the paper (+ Ti/S from DeiT), and small widths for tests ('mu') and CPU runs
+# ('XS': the default digits model).
 WIDTHS = {
     'mu': dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2),
+    'XS': dict(hidden_size=128, num_layers=4, mlp_dim=256, num_heads=4),
     'Ti': dict(hidden_size=192, num_layers=12, mlp_dim=768, num_heads=3),
     'S': dict(hidden_size=384, num_layers=12, mlp_dim=1536, num_heads=6),
     'B': dict(hidden_size=768, num_layers=12, mlp_dim=3072, num_heads=12),
@@ -46,16 +48,15 @@ class VisionTransformer(nn.Module):
   representation_size: Optional[int] = None
   activation: str = 'gelu'
   head_bias_init: float = 0.0
-  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
-  remat: bool = False
-  scan_layers: bool = False  # The encoder as one nn.scan (parameters stacked [L, ...]).
+  compute: kernels.Compute = kernels.Compute()
 
   @nn.compact
-  def __call__(self, images, *, train=False):
+  def __call__(self, images, *, train=False, return_attention=False):
     """images [B, H, W, C] → (logits [B, num_classes], aux).
 
-    aux: 'pre_logits' [B, D or R], 'tokens' [B, N(+1), D] (encoder output), 'attention'
-    (each layer's weights [B, heads, N(+1), N(+1)]), 'layers', 'grid' (patch rows, cols).
+    aux: 'pre_logits' [B, D or R], 'tokens' [B, N(+1), D] (encoder output), 'layers',
+    'grid' (patch rows, cols) and, when asked for, 'attention' (each layer's weights
+    [B, heads, N(+1), N(+1)]).
     """
     if self.classifier not in ('token', 'gap'):
       raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
@@ -67,7 +68,7 @@ class VisionTransformer(nn.Module):
 
     # Patch embedding (§3.1): the conv of the published model, computed as one 2-D matmul of
     # flattened patches with the conv kernel [ph, pw, C, D] reshaped to [ph*pw*C, D].
-    x = PatchEmbedding(self.hidden_size, (ph, pw), self.dtype, name='embedding')(images)
+    x = PatchEmbedding(self.hidden_size, (ph, pw), self.compute.dtype, name='embedding')(images)
     x = x.reshape(b, gh * gw, self.hidden_size)  # [B, N, D]
 
     if self.classifier == 'token':
@@ -75,11 +76,13 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.hidden_size)).astype(x.dtype), x],
                           axis=1)  # [B, N+1, D]
 
-    x, aux = transformer.Encoder(
-        self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
-        self.attention_dropout_rate, self.droppath_rate, norm_first=True, final_norm=True,
-        learned_posemb=True, activation=self.activation, dtype=self.dtype, remat=self.remat,
-        scan=self.scan_layers, name='Transformer')(x, deterministic=not train)
+    block = transformer.BlockConfig(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, droppath_rate=self.droppath_rate,
+        norm_first=True, activation=self.activation, layer_norm_eps=1e-6, compute=self.compute)
+    x, aux = transformer.Encoder(self.num_layers, block, final_norm=True, posemb='learn',
+                                 name='Transformer')(x, deterministic=not train,
+                                                     return_attention=return_attention)
     aux = dict(aux, tokens=x, grid=(gh, gw))
 
     x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)  # [B, D]
@@ -105,5 +108,5 @@ class PatchEmbedding(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     patches = images.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
     patches = patches.reshape(-1, ph * pw * c)  # [B*N, ph*pw*C]
-    x = attention.matmul(patches, kernel.reshape(-1, self.features), self.dtype)
+    x = kernels.matmul(patches, kernel.reshape(-1, self.features), self.dtype)
     return (x + bias.astype(self.dtype)).reshape(b, h // ph, w // pw, self.features)

@@ -18,14 +18,17 @@ def init_cache(model, params, memory, source, max_length):
   return decoder, variables['cache']
 
 
-def step_logits(decoder, params, cache, memory, source, token, position):
-  """Log-probabilities of the next token [B, V] given the last token [B] at `position`.
-  Padding is never generated."""
+def step_logits(decoder, params, cache, memory, source, token, position, return_attention):
+  """Log-probabilities of the next token [B, V] given the last token [B] at `position`, the
+  updated cache, and (if asked for) the cross-attention [L, B, H, S]. Padding is never
+  generated."""
   (logits, aux), updated = decoder.apply(
       {'params': params, 'cache': cache}, memory, source, token[:, None],
       positions=jnp.full((token.shape[0], 1), position), method=decoder.decode_logits,
-      mutable=['cache'])
-  cross = jnp.stack([layer['cross'][:, :, 0] for layer in aux['attention']])  # [L, B, H, S]
+      mutable=['cache'], return_attention=return_attention)
+  cross = None
+  if return_attention:
+    cross = jnp.stack([layer['cross'][:, :, 0] for layer in aux['attention']])
   logits = logits[:, 0].at[:, decoder.pad_id].set(NEG_INF)
   return jax.nn.log_softmax(logits), updated['cache'], cross
 
@@ -40,7 +43,8 @@ def greedy(model, params, source, *, max_length, bos_id, eos_id, pad_id=0,
 
   def body(state):
     t, token, cache, out, scores, done, attention = state
-    logp, cache, cross = step_logits(decoder, params, cache, memory, source, token, t)
+    logp, cache, cross = step_logits(decoder, params, cache, memory, source, token, t,
+                                     attention is not None)
     next_token = jnp.where(done, pad_id, logp.argmax(-1))
     scores = scores + jnp.where(done, 0.0, logp.max(-1))
     out = out.at[:, t].set(next_token)
@@ -114,7 +118,8 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
   def body(state):
     t, seqs, logp, cache, attention, finished = state
     token = jnp.where(t == 0, bos_id, seqs[:, :, jnp.maximum(t - 1, 0)]).reshape(-1)
-    step, cache, cross = step_logits(decoder, params, cache, memory, source, token, t)
+    step, cache, cross = step_logits(decoder, params, cache, memory, source, token, t,
+                                     attention is not None)
     vocab = step.shape[-1]
     candidates = (logp[:, :, None] + step.reshape(batch, k, vocab)).reshape(batch, k * vocab)
     # The best K continuations; those ending in EOS leave the live set (which may then hold
@@ -126,7 +131,7 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
     live_logp = jnp.where(ended, NEG_INF, top_logp)
     if attention is not None:
       attention = gather_beams(attention.at[:, t].set(jnp.moveaxis(cross, 0, 1)), origin)
-    cache = gather_beams(cache, origin, stacked=model.scan_layers)  # Scanned: [L, B*K, ...].
+    cache = gather_beams(cache, origin, stacked=model.compute.scan_layers)  # Scanned: [L, B*K, ...].
     # Finished: merge those that ended now with the earlier ones, keep the best K.
     ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1, alpha), NEG_INF)
     fin_scores, fin_seqs, fin_attention = finished

@@ -1,25 +1,17 @@
-"""Tasks: what the one trainer needs from a model family (data, init, loss, eval metrics)."""
-import jax.numpy as jnp
+"""Tasks: each model family's side of the contract in base.py (data, init, loss, metrics)."""
+import importlib
 
-DTYPES = ('float32', 'bfloat16')
-
-
-def compute_options(config):
-  """Model keyword arguments for config.dtype (compute; parameters, softmax and loss stay
-  float32, matmuls accumulate in float32), config.remat and config.scan_layers."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f'Unknown dtype {config.dtype!r}; expected one of {DTYPES}.')
-  return {'dtype': jnp.dtype(config.dtype), 'remat': config.remat,
-          'scan_layers': config.scan_layers}
+# config.task → the family's Task class ('module:Class'), imported when first asked for.
+TASKS = {
+    'classification': 'vit_jax.tasks.classification:ClassificationTask',
+    'detection': 'vit_jax.tasks.detection:DetectionTask',
+    'translation': 'vit_jax.tasks.translation:TranslationTask',
+}
 
 
 def get_task(name):
-  from vit_jax.tasks import classification
-  from vit_jax.tasks import detection
-  from vit_jax.tasks import translation
-  tasks = {'classification': classification.ClassificationTask,
-           'detection': detection.DetectionTask,
-           'translation': translation.TranslationTask}
-  if name not in tasks:
-    raise ValueError(f'Unknown task {name!r}; expected one of {sorted(tasks)}.')
-  return tasks[name]
+  """The Task class registered under `name` (config.task)."""
+  if name not in TASKS:
+    raise ValueError(f'Unknown task {name!r}; expected one of {sorted(TASKS)}.')
+  module, cls = TASKS[name].split(':')
+  return getattr(importlib.import_module(module), cls)

@@ -1,44 +1,36 @@
 """Image classification with a Vision Transformer: data, loss, metrics, fine-tuning."""
+import functools
 import os
 
 import jax
 import numpy as np
-import optax
 
+from vit_jax import losses
 from vit_jax import pretrained
-from vit_jax import tasks
 from vit_jax.data import classification as data
+from vit_jax.data import pipeline
+from vit_jax.models import sizes
 from vit_jax.models import vit
 from vit_jax.ops import rollout
+from vit_jax.tasks import base
 
 
-def build_model(variant=None, **kwargs):
-  """VisionTransformer from a variant string ('B/16') plus the explicit (not None) values."""
-  params = vit.decode_variant(variant) if variant else {}
-  params.update({k: v for k, v in kwargs.items() if v is not None})
-  return vit.VisionTransformer(**params)
+class ClassificationTask(base.Task):
+  head = ('head/',)
 
-
-def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
-  """Per-example cross-entropy against (optionally smoothed) one-hot labels."""
-  num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-class ClassificationTask:
-  """Everything the trainer asks of a family; the trainer itself knows no model."""
-  input_key = 'image'
-
-  def __init__(self, config, workdir=None):
-    del workdir  # Nothing to keep beside the checkpoint.
-    self.config = config
-    self.model = build_model(**config.model, **tasks.compute_options(config))
-    self.label_smoothing = config.get('label_smoothing', 0.0)
+  def build_model(self):
+    return sizes.build(vit.VisionTransformer, vit.decode_variant, self.config.model,
+                       compute=base.compute_options(self.config))
 
   # Data ----------------------------------------------------------------------------------------
+  def model_dim(self):
+    return self.model.hidden_size
+
   def datasets(self):
-    """(train source, eval source, Preprocess) for config.data."""
+    return self._datasets
+
+  @functools.cached_property
+  def _datasets(self):
     c = self.config.data
     extra = {'tfds_name': c.get('tfds_name')}
     train = data.make_source(c.name, c.train_split, c.get('data_dir'), **extra)
@@ -47,7 +39,7 @@ class ClassificationTask:
       raise ValueError(f'model.num_classes={self.model.num_classes} but dataset {c.name!r} has '
                        f'{train.num_classes} classes.')
     preprocess = data.Preprocess(c.image_size, c.augment, c.flip, c.channels)
-    return train, evaluation, preprocess
+    return base.Datasets(train, evaluation, preprocess)
 
   def dummy_batch(self, batch_size):
     c = self.config.data
@@ -59,54 +51,50 @@ class ClassificationTask:
     return self.model.init({'params': rng}, batch['image'], train=False)['params']
 
   def load_pretrained(self, params, path):
-    """Fine-tuning: params from an exported/published .npz, adapted to this model."""
+    """A ViT .npz (ours or a published one) at a new resolution: the position embeddings are
+    resized to the new patch grid (pretrained.load_vit)."""
     patch = self.model.patch_size
     ph, pw = (patch, patch) if isinstance(patch, int) else patch
     grid = (self.config.data.image_size // ph, self.config.data.image_size // pw)
     return pretrained.load_vit(params, pretrained.load_npz(path), grid,
-                               self.config.pretrained.reset_head)
+                               self.config.pretrained.reset_head, source=f'Checkpoint {path!r}')
 
   def loss_fn(self, params, batch, rng):
     logits, _ = self.model.apply({'params': params}, batch['image'], train=True,
                                  rngs={'dropout': rng})
-    loss = softmax_cross_entropy(logits, batch['label'], self.label_smoothing).mean()
-    accuracy = (logits.argmax(-1) == batch['label']).mean()
-    return loss, {'loss': loss, 'accuracy': accuracy}
+    label_smoothing = self.config.get('label_smoothing', 0.0)
+    loss = losses.ratio(losses.weighted_cross_entropy(logits, batch['label'],
+                                                      label_smoothing=label_smoothing))
+    return loss, {'accuracy': losses.ratio(losses.weighted_accuracy(logits, batch['label']))}
 
   # Evaluation ----------------------------------------------------------------------------------
   def eval_step(self, params, batch):
-    """(sums over the real (mask = 1) examples of a padded batch, no host outputs)."""
-    logits, _ = self.model.apply({'params': params}, batch['image'], train=False)
-    mask = batch['mask']
-    loss = softmax_cross_entropy(logits, batch['label'])
-    return {'loss': (loss * mask).sum(),
-            'correct': ((logits.argmax(-1) == batch['label']) * mask).sum(),
-            'count': mask.sum()}, {}
+    logits, _ = self.model.apply({'params': params}, batch['image'])
+    weight = batch[pipeline.WEIGHT]
+    return {'accuracy': losses.weighted_accuracy(logits, batch['label'], weight),
+            'loss': losses.weighted_cross_entropy(logits, batch['label'], weight)}, {}
 
-  @staticmethod
-  def summarize(sums, outputs, source):
-    del outputs, source
-    return {'accuracy': sums['correct'] / sums['count'], 'loss': sums['loss'] / sums['count'],
-            'count': sums['count']}
-
-  def predict(self, params, images):
-    logits, aux = self.model.apply({'params': params}, images, train=False)
+  def predict(self, params, images, return_attention=False):
+    """(class probabilities [B, C], aux) for preprocessed images [B, H, W, C]."""
+    logits, aux = self.model.apply({'params': params}, images,
+                                   return_attention=return_attention)
     return jax.nn.softmax(logits), aux
 
   def attention_maps(self, params, images):
     """(class probabilities [B, C], attention rollout of the class token [B, rows, cols])."""
-    probs, aux = jax.device_get(self.predict(params, images))
     if self.model.classifier != 'token':
       raise ValueError("Attention rollout follows the class token; model.classifier='gap' "
                        'has none.')
+    probs, aux = jax.device_get(self.predict(params, images, return_attention=True))
     return probs, rollout.class_token_map(rollout.attention_rollout(aux['attention']),
                                           aux['grid'])
 
   def write_plots(self, params, workdir, num_images=8):
-    """attention_rollout.png: where the class token looks, for a few eval images."""
+    """attention_rollout.png: where the class token looks, for a few eval images (models
+    with a class token)."""
     from vit_jax import plots
     if self.model.classifier != 'token':
-      return None
+      return []
     _, source, preprocess = self.datasets()
     examples = [preprocess.eval(source[i]) for i in range(min(num_images, len(source)))]
     images = np.stack([e['image'] for e in examples])
@@ -114,5 +102,5 @@ class ClassificationTask:
     shown = (images - images.min()) / max(np.ptp(images), 1e-6)  # Back to [0, 1] for display.
     panels = [(img, m, f'label {e["label"]}, predicted {p.argmax()} ({p.max():.2f})')
               for img, m, e, p in zip(shown, maps, examples, probs)]
-    return plots.attention_maps(panels, os.path.join(workdir, 'attention_rollout.png'),
-                                'Attention rollout of the class token')
+    return [plots.attention_maps(panels, os.path.join(workdir, 'attention_rollout.png'),
+                                 'Attention rollout of the class token')]

@@ -1,17 +1,22 @@
 """Machine translation with the encoder–decoder Transformer: data, loss, decoding, BLEU."""
+import functools
 import os
+import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 
-from vit_jax import tasks
+from vit_jax import losses
+from vit_jax.data import pipeline
 from vit_jax.data import tokenizers
 from vit_jax.data import translation as data
+from vit_jax.models import sizes
 from vit_jax.models import transformer
 from vit_jax.ops import decoding
-from vit_jax.tasks import classification
+from vit_jax.tasks import base
 
 
 def make_source(c, split):
@@ -44,79 +49,103 @@ class Preprocess(data.Encode):
 PACKING = ('source_segments', 'target_segments', 'source_positions', 'target_positions')
 
 
-class TranslationTask:
+class TranslationTask(base.Task):
+  artifacts = ('tokenizer.json',)  # The vocabulary decides the embedding; it travels with it.
 
-  def __init__(self, config, workdir=None):
-    self.config = config
-    c = config.data
-    self.train_source = make_source(c, c.train_split)
-    self.eval_source = make_source(c, c.eval_split)
-    self.tokenizer = self._tokenizer(workdir)
-    kwargs = transformer.decode_size(config.model.size)
-    kwargs.update({k: v for k, v in config.model.items() if v is not None and k != 'size'})
-    self.model = transformer.Transformer(vocab_size=self.tokenizer.vocab_size,
-                                         pad_id=tokenizers.PAD, **kwargs,
-                                         **tasks.compute_options(config))
-    self.label_smoothing = config.get('label_smoothing', 0.0)
-    self.bleu = sacrebleu.metrics.BLEU(tokenize=config.get('bleu_tokenize', '13a'))
+  def build_model(self):
+    return sizes.build(transformer.Transformer, transformer.decode_variant, self.config.model,
+                       vocab_size=self.tokenizer.vocab_size, pad_id=tokenizers.PAD,
+                       compute=base.compute_options(self.config))
 
-  def _tokenizer(self, workdir):
-    """The workdir's tokenizer when resuming (it must match the checkpoint), else a new one
-    trained on the training text and saved there."""
-    path = os.path.join(workdir, 'tokenizer.json') if workdir else None
-    self.tokenizer_path = path
+  def model_dim(self):
+    return self.model.hidden_size
+
+  @functools.cached_property
+  def sources(self):
+    """(train, eval) sentence-pair sources, generated or read on first use."""
     c = self.config.data
+    return make_source(c, c.train_split), make_source(c, c.eval_split)
+
+  @functools.cached_property
+  def tokenizer(self):
+    """The workdir's tokenizer.json when resuming (it must match the checkpoint); else the
+    one beside config.pretrained.path when fine-tuning; else a new one trained on the
+    training text. Saved in the workdir either way."""
+    c = self.config.data
+    path = os.path.join(self.workdir, 'tokenizer.json') if self.workdir else None
+    self.tokenizer_path = path
     if path and os.path.exists(path):
-      tokenizer = tokenizers.load(path)
-      kind = tokenizer.to_json()['type']
-      if kind != c.tokenizer or (kind == 'sentencepiece' and
-                                 tokenizer.vocab_size != c.vocab_size):
-        raise ValueError(
-            f'{path} is a {kind} tokenizer of {tokenizer.vocab_size} tokens, but the config '
-            f'asks for data.tokenizer={c.tokenizer!r}, data.vocab_size={c.vocab_size}. The '
-            'checkpoints in this workdir were trained with the file: use its settings, or a '
-            'new --workdir.')
+      return self._checked(tokenizers.load(path), path)
+    pretrained_path = self.config.pretrained.path
+    beside = os.path.join(os.path.dirname(pretrained_path), 'tokenizer.json')
+    if pretrained_path and os.path.exists(beside):
+      tokenizer = self._checked(tokenizers.load(beside), beside)
+      self.tokenizer_path = beside
+      if path and jax.process_index() == 0:
+        os.makedirs(self.workdir, exist_ok=True)
+        shutil.copyfile(beside, path)
       return tokenizer
-    texts = data.sample_texts(self.train_source, c.tokenizer_examples)
+    texts = data.sample_texts(self.sources[0], c.tokenizer_examples)
     tokenizer = tokenizers.train(c.tokenizer, texts, c.vocab_size)
     if path and jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(self.workdir, exist_ok=True)
       tokenizers.save(tokenizer, path)
+    return tokenizer
+
+  def _checked(self, tokenizer, path):
+    """A saved tokenizer, if it is the kind the config asks for."""
+    c = self.config.data
+    kind = tokenizer.to_json()['type']
+    if kind != c.tokenizer or (kind == 'sentencepiece' and tokenizer.vocab_size != c.vocab_size):
+      raise ValueError(
+          f'{path} is a {kind} tokenizer of {tokenizer.vocab_size} tokens, but the config '
+          f'asks for data.tokenizer={c.tokenizer!r}, data.vocab_size={c.vocab_size}. The '
+          'checkpoints trained with it need the same settings: use them, or a new --workdir.')
     return tokenizer
 
   def checkpoint_hint(self):
     """Said when a checkpoint does not fit the model: the vocabulary decides its embedding."""
-    return (f'The vocabulary ({self.tokenizer_path or "a new tokenizer"}) has '
-            f'{self.tokenizer.vocab_size} tokens.')
+    size = self.tokenizer.vocab_size
+    return f'The vocabulary ({self.tokenizer_path or "a new tokenizer"}) has {size} tokens.'
+
 
   def datasets(self):
+    return self._datasets
+
+  @functools.cached_property
+  def _datasets(self):
     c = self.config.data
+    train, evaluation = self.sources
     preprocess = Preprocess(self.tokenizer, c.max_source_length, c.max_target_length,
                             packed=c.pack)
-    train = (data.Packed(self.train_source, preprocess, seed=self.config.seed) if c.pack else
-             self.train_source)
-    return train, self.eval_source, preprocess
+    if c.pack:
+      train = data.Packed(train, preprocess, seed=self.config.seed)
+    return base.Datasets(train, evaluation, preprocess)
 
   def dummy_batch(self, batch_size):
     c = self.config.data
-    return {'source': np.ones((batch_size, c.max_source_length), np.int32),
-            'target_in': np.ones((batch_size, c.max_target_length), np.int32)}
+    rows = lambda length: np.ones((batch_size, length), np.int32)
+    batch = {'source': rows(c.max_source_length), 'target_in': rows(c.max_target_length),
+             'target_out': rows(c.max_target_length)}
+    if c.pack:
+      batch.update({k: rows(c.max_source_length if k.startswith('source') else
+                            c.max_target_length) for k in PACKING})
+    return batch
 
   def init(self, rng, batch):
     return self.model.init({'params': rng}, batch['source'], batch['target_in'])['params']
 
   def loss_fn(self, params, batch, rng):
-    """Label-smoothed cross-entropy over real target tokens, normalised by their number."""
-    packing = {k: batch[k] for k in PACKING if k in batch}
+    """Label-smoothed cross-entropy over real target tokens, normalised by their number.
+    Packed rows (data.pack) carry segment ids and positions, so packed pairs stay apart."""
+    packing = {k: batch[k] for k in PACKING} if self.config.data.pack else {}
     logits, _ = self.model.apply({'params': params}, batch['source'], batch['target_in'],
                                  **packing, train=True, rngs={'dropout': rng})
-    weights = (batch['target_out'] != tokenizers.PAD).astype(jnp.float32)
-    losses = classification.softmax_cross_entropy(logits, batch['target_out'],
-                                                  self.label_smoothing)
-    tokens = jnp.maximum(weights.sum(), 1.0)
-    loss = (losses * weights).sum() / tokens
-    accuracy = ((logits.argmax(-1) == batch['target_out']) * weights).sum() / tokens
-    return loss, {'loss': loss, 'token_accuracy': accuracy}
+    tokens = batch['target_out'] != tokenizers.PAD
+    loss = losses.ratio(losses.weighted_cross_entropy(
+        logits, batch['target_out'], tokens, self.config.get('label_smoothing', 0.0)))
+    accuracy = losses.ratio(losses.weighted_accuracy(logits, batch['target_out'], tokens))
+    return loss, {'token_accuracy': accuracy}
 
   def translate(self, params, source, beam_size=1, alpha=0.6):
     """source [B, S] → tokens [B, T] (greedy, or the best beam)."""
@@ -128,29 +157,27 @@ class TranslationTask:
                                 **kw)[0][:, 0]
 
   def eval_step(self, params, batch):
-    """Teacher-forced loss sums, and greedy translations for exact match, BLEU and chrF."""
+    """Teacher-forced loss over real target tokens, and greedy translations for exact match,
+    BLEU and chrF."""
     logits, _ = self.model.apply({'params': params}, batch['source'], batch['target_in'])
-    weights = (batch['target_out'] != tokenizers.PAD) * batch['mask'][:, None]
-    nll = classification.softmax_cross_entropy(logits, batch['target_out'])
+    weight = batch[pipeline.WEIGHT]
+    tokens = (batch['target_out'] != tokenizers.PAD) * weight[:, None]
     predicted = self.translate(params, batch['source'])
     exact = jnp.all(predicted == batch['target_out'], axis=1)
-    sums = {'loss': (nll * weights).sum(), 'tokens': weights.sum(),
-            'exact': (exact * batch['mask']).sum(), 'count': batch['mask'].sum()}
-    return sums, {'predicted': predicted, 'index': batch['index'], 'mask': batch['mask']}
+    return ({'exact_match': losses.weighted_mean(exact, weight),
+             'loss': losses.weighted_cross_entropy(logits, batch['target_out'], tokens)},
+            {'predicted': predicted, 'index': batch['index']})
 
-  def summarize(self, sums, outputs, source):
-    hypotheses, references = [], []
-    for out in outputs:
-      for tokens, index, mask in zip(out['predicted'], out['index'], out['mask']):
-        if mask:
-          hypotheses.append(self.tokenizer.decode(tokens))
-          references.append(source[int(index)]['target'])
-    bleu = self.bleu.corpus_score(hypotheses, [references])
+  def eval_metrics(self, outputs, source):
+    """sacreBLEU (its signature printed) and chrF of the decoded test sentences."""
+    hypotheses = [self.tokenizer.decode(tokens) for tokens in outputs['predicted']]
+    references = [source[int(i)]['target'] for i in outputs['index']]
+    bleu_metric = sacrebleu.metrics.BLEU(tokenize=self.config.get('bleu_tokenize', '13a'))
+    bleu = bleu_metric.corpus_score(hypotheses, [references])
     if jax.process_index() == 0:
-      print(f'sacreBLEU {bleu.score:.2f}, signature: {self.bleu.get_signature()}')
+      print(f'sacreBLEU {bleu.score:.2f}, signature: {bleu_metric.get_signature()}')
     chrf = sacrebleu.metrics.CHRF().corpus_score(hypotheses, [references])
-    return {'exact_match': sums['exact'] / sums['count'], 'loss': sums['loss'] / sums['tokens'],
-            'bleu': bleu.score, 'chrf': chrf.score, 'count': sums['count']}
+    return {'bleu': bleu.score, 'chrf': chrf.score}
 
   def translate_texts(self, params, texts, beam_size=1, alpha=0.6, batch_size=64):
     """Plain strings in, translations out (the --mode=translate command)."""
@@ -170,7 +197,8 @@ class TranslationTask:
     from vit_jax import plots
     encode = Preprocess(self.tokenizer, self.config.data.max_source_length,
                         self.config.data.max_target_length)
-    examples = [self.eval_source[i] for i in range(min(num_examples, len(self.eval_source)))]
+    eval_source = self.sources[1]
+    examples = [eval_source[i] for i in range(min(num_examples, len(eval_source)))]
     source = np.stack([encode.eval(e)['source'] for e in examples])
     tokens, _, attention = decoding.greedy(
         self.model, params, source, max_length=self.config.data.max_target_length,
@@ -178,4 +206,16 @@ class TranslationTask:
     weights = np.asarray(attention)[:, :, -1].mean(axis=2)  # [B, T, S]
     panels = [(self.tokenizer.pieces(s), self.tokenizer.pieces(t), w)
               for s, t, w in zip(source, np.asarray(tokens), weights)]
-    return plots.alignments(panels, os.path.join(workdir, 'alignment.png'))
+    return [plots.alignments(panels, os.path.join(workdir, 'alignment.png'))]
+
+  def commands(self):
+    return {'translate': self.translate_command}
+
+  def translate_command(self, params):
+    """--mode=translate: config.translate.input (a file, one sentence a line; '-' = stdin)
+    translated with beam search (config.translate.beam_size, 1 = greedy), one line each."""
+    c = self.config.translate
+    with (sys.stdin if c.input == '-' else open(c.input, encoding='utf-8')) as f:
+      texts = [line.rstrip('\n') for line in f if line.strip()]
+    for text in self.translate_texts(params, texts, c.beam_size, c.alpha):
+      print(text)

@@ -1,0 +1,46 @@
+"""Losses and weighted metrics for every family, in one place.
+
+The weighted functions return a pair (sum of weighted values, sum of weights), as flax's WMT
+example does: a training step divides the two at once; an evaluation adds the pairs over
+the whole split and divides once at the end (vit_jax/metrics.py: `average`), so padding
+(weight 0) never counts and the last partial batch counts exactly.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+  """logits [..., C], integer labels [...] → cross-entropy [...] against (optionally
+  smoothed: 1 − ε on the label, ε / C everywhere) one-hot targets, in float32."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _weighted(values, weights):
+  if weights is None:
+    return values.sum(), jnp.asarray(values.size, jnp.float32)
+  weights = jnp.broadcast_to(weights, values.shape).astype(jnp.float32)
+  return (values * weights).sum(), weights.sum()
+
+
+def weighted_cross_entropy(logits, labels, weights=None, label_smoothing=0.0):
+  """(Σ w · cross-entropy, Σ w); weights [...] like labels (None: all 1)."""
+  return _weighted(softmax_cross_entropy(logits, labels, label_smoothing), weights)
+
+
+def weighted_accuracy(logits, labels, weights=None):
+  """(Σ w · [argmax = label], Σ w)."""
+  return _weighted((logits.argmax(-1) == labels).astype(jnp.float32), weights)
+
+
+def weighted_mean(values, weights=None):
+  """(Σ w · value, Σ w) of any per-example quantity."""
+  return _weighted(jnp.asarray(values, jnp.float32), weights)
+
+
+def ratio(pair):
+  """Σ w · value / Σ w of one batch (at least one weight in the denominator, so a batch
+  with no weight gives 0, not NaN)."""
+  total, weight = pair
+  return total / jnp.maximum(weight, 1.0)
