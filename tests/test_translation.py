@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +12,8 @@ from vit_jax import train
 from vit_jax.data import tokenizers
 from vit_jax.data import translation
 from vit_jax.tasks import translation as task_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_number_words_are_real_language_and_split_by_value():
@@ -149,6 +155,14 @@ def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
   for beam_size in (1, 3):
     out = trainer.task.translate_texts(restored['params'], ['twenty-four', 'seven'], beam_size)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+  # The same through main.py, its settings in the config.
+  (tmp_path / 'input.txt').write_text('twenty-four\n\nseven\n')
+  command = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/transformer.py:tiny', f'--workdir={tmp_path}',
+       '--mode=translate', f'--config.translate.input={tmp_path / "input.txt"}',
+       '--config.translate.beam_size=3'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert command.returncode == 0, command.stderr[-2000:]
+  assert command.stdout.splitlines() == out
 
   # A tokenizer that does not belong to the checkpoint, and a config that contradicts it.
   path = tmp_path / 'tokenizer.json'

@@ -82,11 +82,12 @@ def test_fused_projection_equals_separate_inputs():
   np.testing.assert_allclose(fused, separate, atol=1e-6)
 
 
-def test_decode_cache_equals_full_causal_pass():
+@pytest.mark.parametrize('implementation', kernels.ATTENTION_IMPLS)
+def test_decode_cache_equals_full_causal_pass(implementation):
   x = np.random.default_rng(4).normal(size=(2, 5, 8)).astype(np.float32)
-  full_module, params = _mha()
+  full_module, params = _mha(implementation='plain')
   full, _ = full_module.apply(params, x, mask=masks.causal_mask(5))
-  decoder = attention.MultiHeadAttention(num_heads=2, decode=True)
+  decoder = attention.MultiHeadAttention(num_heads=2, decode=True, implementation=implementation)
   cache = decoder.init(jax.random.key(0), x)['cache']  # Sized by the full-length call.
   steps = []
   for t in range(5):

@@ -108,7 +108,6 @@ class TranslationTask(base.Task):
     size = self.tokenizer.vocab_size
     return f'The vocabulary ({self.tokenizer_path or "a new tokenizer"}) has {size} tokens.'
 
-
   def datasets(self):
     return self._datasets
 
