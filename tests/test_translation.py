@@ -108,7 +108,10 @@ def test_tfds_translation_source_with_sentencepiece(tmp_path):
     example = preprocess.eval(eval_source[i])
     english = task.tokenizer.decode(example['source'])
     assert task.tokenizer.decode(example['target_out']) == german[english]
-  assert tokenizers.load(str(tmp_path / 'work' / 'tokenizer.json')).vocab_size <= 40
+  assert tokenizers.load(str(tmp_path / 'work' / 'tokenizer.json')).vocab_size < 40
+  # Resuming reuses the saved vocabulary, smaller than data.vocab_size (an upper bound).
+  resumed = task_lib.TranslationTask(config, str(tmp_path / 'work'))
+  assert resumed.tokenizer.to_json() == task.tokenizer.to_json()
 
 
 def test_encode_shifts_targets_and_names_overlong_examples():

@@ -93,10 +93,11 @@ class TranslationTask(base.Task):
     return tokenizer
 
   def _checked(self, tokenizer, path):
-    """A saved tokenizer, if it is the kind the config asks for."""
+    """A saved tokenizer, if it is the kind the config asks for. data.vocab_size bounds a
+    SentencePiece vocabulary from above: a small corpus yields fewer tokens."""
     c = self.config.data
     kind = tokenizer.to_json()['type']
-    if kind != c.tokenizer or (kind == 'sentencepiece' and tokenizer.vocab_size != c.vocab_size):
+    if kind != c.tokenizer or (kind == 'sentencepiece' and tokenizer.vocab_size > c.vocab_size):
       raise ValueError(
           f'{path} is a {kind} tokenizer of {tokenizer.vocab_size} tokens, but the config '
           f'asks for data.tokenizer={c.tokenizer!r}, data.vocab_size={c.vocab_size}. The '
