@@ -8,8 +8,8 @@ BOS, EOS = 1, 2
 
 
 def setup():
-  model = transformer.Transformer(vocab_size=19, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=4,
-                                  dropout_rate=0.0, max_length=32)
+  model = transformer.Transformer(vocab_size=19, num_layers=2, hidden_size=32, mlp_dim=64,
+                                  num_heads=4, dropout_rate=0.0, max_length=32)
   source = np.random.default_rng(0).integers(3, 19, (3, 6))
   source[2, 3:] = 0
   params = model.init(jax.random.key(1), source, source)['params']

@@ -8,8 +8,8 @@ PAD = 0
 
 
 def tiny_model(**kw):
-  args = dict(vocab_size=23, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=4, dropout_rate=0.0,
-              max_length=16)
+  args = dict(vocab_size=23, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=4,
+              dropout_rate=0.0, max_length=16)
   args.update(kw)
   return transformer.Transformer(**args)
 

@@ -2,8 +2,9 @@
 
 Built from the shared core: token embedding (shared by source, target and output projection
 when `share_embeddings`), embeddings scaled by √hidden_size (§3.4), sinusoidal positions
-(§3.5, posemb='sincos') or learned ones ('learn'), post-LN blocks by default (pre-LN as an option), key-padding masks on encoder
-self-attention and cross-attention, padding + causal masks on decoder self-attention.
+(§3.5, posemb='sincos') or learned ones ('learn'), post-LN blocks by default (pre-LN as an
+option), key-padding masks on encoder self-attention and cross-attention, padding + causal
+masks on decoder self-attention.
 """
 import flax.linen as nn
 import jax.numpy as jnp

@@ -131,7 +131,8 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
     live_logp = jnp.where(ended, NEG_INF, top_logp)
     if attention is not None:
       attention = gather_beams(attention.at[:, t].set(jnp.moveaxis(cross, 0, 1)), origin)
-    cache = gather_beams(cache, origin, stacked=model.compute.scan_layers)  # Scanned: [L, B*K, ...].
+    # A scanned decoder's cache is stacked [L, B*K, ...].
+    cache = gather_beams(cache, origin, stacked=model.compute.scan_layers)
     # Finished: merge those that ended now with the earlier ones, keep the best K.
     ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1, alpha), NEG_INF)
     fin_scores, fin_seqs, fin_attention = finished

@@ -184,7 +184,7 @@ class DetectionTask(base.Task):
     loss = image_losses(t, class_weight=settings['class_weight'],
                         l1_weight=settings['l1_weight'], giou_weight=settings['giou_weight'])
     weight = batch[pipeline.WEIGHT]
-    boxes = t['boxes'] * weight
+    boxes = t['boxes'] * weight  # The class error is a rate over target boxes, not images.
     pairs = {'loss': losses.weighted_mean(loss, weight),
              'class_error': ((100.0 * (t['boxes'] - t['correct']) * weight).sum(), boxes.sum()),
              'cardinality_error': losses.weighted_mean(t['cardinality'], weight)}
