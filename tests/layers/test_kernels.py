@@ -8,29 +8,27 @@ from helpers import loss_and_grads
 from helpers import tiny
 from vit_jax import train
 from vit_jax.layers import attention
-from vit_jax.layers import kernels
 from vit_jax.layers import masks
 
 FAST = ('fused', 'xla')
 
 
 def _inputs(seed=0):
-  rng = np.random.default_rng(seed)
-  x, pos = rng.normal(size=(2, 5, 8)), rng.normal(size=(2, 5, 8))
-  memory, memory_pos = rng.normal(size=(2, 6, 8)), rng.normal(size=(2, 6, 8))
+  normal = np.random.default_rng(seed).normal
+  x, pos = normal(size=(2, 5, 8)).astype(np.float32), normal(size=(2, 5, 8)).astype(np.float32)
+  memory = normal(size=(2, 6, 8)).astype(np.float32)
+  memory_pos = normal(size=(2, 6, 8)).astype(np.float32)
   valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
   # Self-attention masks in which query 4 of the first example sees no key at all.
   self_mask = np.ones((2, 1, 5, 5), bool)
   self_mask[0, :, 4] = False
-  forms = {  # (inputs_q, inputs_k, inputs_v, mask)
+  return {  # (inputs_q, inputs_k, inputs_v, mask)
       'self': (x, None, None, self_mask),
       'self, positions on queries and keys (DETR)': (x + pos, None, x, self_mask),
       'cross': (x, memory, None, masks.key_padding_mask(valid)),
       'cross, positions on queries and keys (DETR)': (x + pos, memory + memory_pos, memory,
                                                       masks.key_padding_mask(valid)),
   }
-  return {k: tuple(None if a is None else jnp.asarray(a, jnp.float32) if a.dtype != bool
-                   else jnp.asarray(a) for a in v) for k, v in forms.items()}
 
 
 @pytest.mark.parametrize('implementation', FAST)

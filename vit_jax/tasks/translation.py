@@ -1,7 +1,6 @@
 """Machine translation with the encoder–decoder Transformer: data, loss, decoding, BLEU."""
 import functools
 import os
-import shutil
 import sys
 
 import jax
@@ -81,12 +80,9 @@ class TranslationTask(base.Task):
     if pretrained_path and os.path.exists(beside):
       tokenizer = self._checked(tokenizers.load(beside), beside)
       self.tokenizer_path = beside
-      if path and jax.process_index() == 0:
-        os.makedirs(self.workdir, exist_ok=True)
-        shutil.copyfile(beside, path)
-      return tokenizer
-    texts = data.sample_texts(self.sources[0], c.tokenizer_examples)
-    tokenizer = tokenizers.train(c.tokenizer, texts, c.vocab_size)
+    else:
+      texts = data.sample_texts(self.sources[0], c.tokenizer_examples)
+      tokenizer = tokenizers.train(c.tokenizer, texts, c.vocab_size)
     if path and jax.process_index() == 0:
       os.makedirs(self.workdir, exist_ok=True)
       tokenizers.save(tokenizer, path)
