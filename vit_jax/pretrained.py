@@ -13,6 +13,8 @@ import flax
 import numpy as np
 import scipy.ndimage
 
+from vit_jax import errors
+
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 _STACKED = re.compile(r'(?:^|/)(?:encoder|decoder)block(?=/)')
 _PER_LAYER = re.compile(r'((?:^|/)(?:encoder|decoder)block)_(\d+)(?=/)')
@@ -57,8 +59,8 @@ def stack_layers(flat):
       stacks.setdefault(stacked, {})[int(match.group(2))] = value
   for key, layers in stacks.items():
     if sorted(layers) != list(range(len(layers))):
-      raise ValueError(f'Cannot stack {key}: the checkpoint has layers {sorted(layers)}, '
-                       f'expected 0 to {len(layers) - 1}.')
+      raise errors.UserError(f'Cannot stack {key}: the checkpoint has layers {sorted(layers)}, '
+                             f'expected 0 to {len(layers) - 1}.')
     out[key] = np.stack([layers[i] for i in range(len(layers))])
   return out
 
@@ -79,9 +81,9 @@ def load_npz(path):
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
   except FileNotFoundError:
-    raise FileNotFoundError(f'Checkpoint {path!r} does not exist.') from None
+    raise errors.NotFound(f'Checkpoint {path!r} does not exist.') from None
   except Exception as e:
-    raise ValueError(f'Checkpoint {path!r} is not a readable .npz file: {e}') from e
+    raise errors.UserError(f'Checkpoint {path!r} is not a readable .npz file: {e}') from e
 
 
 def resize_posemb(posemb, grid, num_prefix_tokens):
@@ -89,8 +91,9 @@ def resize_posemb(posemb, grid, num_prefix_tokens):
   prefix, tokens = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
   side = math.isqrt(len(tokens))
   if side * side != len(tokens):
-    raise ValueError(f'Cannot resize a position embedding of {len(tokens)} patch tokens: it is '
-                     'not a square grid.')
+    raise errors.UserError(
+        f'Cannot resize a position embedding of {len(tokens)} patch tokens: it is '
+        'not a square grid.')
   gh, gw = grid
   tokens = tokens.reshape(side, side, -1)
   tokens = scipy.ndimage.zoom(tokens, (gh / side, gw / side, 1), order=1)
@@ -115,9 +118,9 @@ def fit(init_params, restored, *, fresh=(), source='Checkpoint', what='the model
   misshaped = sorted(f'{k}: checkpoint {restored[k].shape} vs model {init[k].shape}'
                      for k in restored if k in init and restored[k].shape != init[k].shape)
   if missing or unexpected or misshaped:
-    raise ValueError(f'{source} does not fit {what}.\n'
-                     f'  missing: {missing}\n  unexpected: {unexpected}\n'
-                     f'  mis-shaped: {misshaped}')
+    raise errors.UserError(f'{source} does not fit {what}.\n'
+                           f'  missing: {missing}\n  unexpected: {unexpected}\n'
+                           f'  mis-shaped: {misshaped}')
   merged = {k: np.asarray(restored.get(k, v), dtype=v.dtype) for k, v in init.items()}
   return unflatten(merged)
 

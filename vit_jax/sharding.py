@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from vit_jax import errors
+
 BATCH_AXES = ('data', 'fsdp')
 # Logical activation axes → mesh axes; names without a rule ('length', 'embed') stay whole.
 LOGICAL_RULES = (('batch', BATCH_AXES),)
@@ -22,7 +24,7 @@ def make_mesh(fsdp=1, devices=None):
   """A ('data', 'fsdp') mesh over `devices` (default: all devices of all processes)."""
   devices = jax.devices() if devices is None else devices
   if len(devices) % fsdp:
-    raise ValueError(f'mesh.fsdp={fsdp} does not divide the device count {len(devices)}.')
+    raise errors.UserError(f'mesh.fsdp={fsdp} does not divide the device count {len(devices)}.')
   grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
   return Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto,) * 2)
 
@@ -78,8 +80,8 @@ def check_batch_size(batch_size, mesh, what='batch_size'):
   """The global batch must split evenly over processes and over devices."""
   devices = mesh.devices.size
   if batch_size % devices or batch_size % jax.process_count():
-    raise ValueError(f'{what}={batch_size} must be divisible by the number of devices '
-                     f'({devices}) and of processes ({jax.process_count()}).')
+    raise errors.UserError(f'{what}={batch_size} must be divisible by the number of devices '
+                           f'({devices}) and of processes ({jax.process_count()}).')
   return batch_size // jax.process_count()
 
 

@@ -1,5 +1,6 @@
 """Opening a prepared TFDS dataset for random access (`tfds.data_source`: no TensorFlow, never a
 download), with errors that say what is missing from `data_dir`."""
+from vit_jax import errors
 
 
 def open_split(name, split, data_dir):
@@ -8,11 +9,11 @@ def open_split(name, split, data_dir):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for a missing dataset.
-    raise ValueError(f'TFDS dataset {name!r} not found in data_dir={data_dir!r}: {e}') from e
+    raise errors.UserError(f'TFDS dataset {name!r} not found in data_dir={data_dir!r}: {e}') from e
   if not builder.is_prepared():
-    raise ValueError(f'TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}; '
-                     'prepare it there first (this code never downloads).')
+    raise errors.UserError(f'TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}; '
+                           'prepare it there first (this code never downloads).')
   if split not in builder.info.splits:
-    raise ValueError(f'Split {split!r} not found for TFDS dataset {name!r}; available: '
-                     f'{sorted(builder.info.splits)}.')
+    raise errors.UserError(f'Split {split!r} not found for TFDS dataset {name!r}; available: '
+                           f'{sorted(builder.info.splits)}.')
   return tfds.data_source(name, split=split, data_dir=data_dir), builder.info

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import errors
 from vit_jax.layers import kernels
 
 
@@ -91,11 +92,12 @@ class MultiHeadAttention(nn.Module):
     None).
     """
     if self.implementation not in kernels.ATTENTION_IMPLS:
-      raise ValueError(f'Unknown attention implementation {self.implementation!r}; expected '
-                       f'one of {kernels.ATTENTION_IMPLS}.')
+      raise errors.UserError(f'Unknown attention implementation {self.implementation!r}; expected '
+                             f'one of {kernels.ATTENTION_IMPLS}.')
     features = self.qkv_features or inputs_q.shape[-1]
     if features % self.num_heads:
-      raise ValueError(f'qkv_features={features} is not divisible by num_heads={self.num_heads}.')
+      raise errors.UserError(
+          f'qkv_features={features} is not divisible by num_heads={self.num_heads}.')
     head_dim = features // self.num_heads
     # Which input each projection reads; inputs left out share the previous one.
     groups = [(inputs_q, ['query'])]

@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vit_jax import errors
+
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_IMPLS = ('plain', 'fused', 'xla')
 
@@ -45,11 +47,11 @@ class Compute:
     except TypeError:
       name = str(self.dtype)
     if name not in DTYPES:
-      raise ValueError(f'Unknown dtype {name!r}; expected one of {DTYPES}.')
+      raise errors.UserError(f'Unknown dtype {name!r}; expected one of {DTYPES}.')
     object.__setattr__(self, 'dtype', jnp.dtype(name))  # 'bfloat16' or jnp.bfloat16 alike.
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f'Unknown attention_impl {self.attention_impl!r}; expected one of '
-                       f'{ATTENTION_IMPLS}.')
+      raise errors.UserError(f'Unknown attention_impl {self.attention_impl!r}; expected one of '
+                             f'{ATTENTION_IMPLS}.')
 
 
 # Precision -------------------------------------------------------------------------------------

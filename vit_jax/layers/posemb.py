@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import errors
+
 
 def sinusoidal_1d(length, dim, max_timescale=10_000.0):
   """[L, D] with PE(p, 2i) = sin(p / 10000^(2i/D)), PE(p, 2i+1) = cos(...) (paper §3.5)."""
@@ -19,7 +21,7 @@ def sinusoidal_1d(length, dim, max_timescale=10_000.0):
 def sincos_2d(height, width, dim, temperature=10_000.0):
   """[H*W, D] fixed 2-D sin-cos embedding (MoCo v3 / big_vision): D/4 channels per (axis, fn)."""
   if dim % 4:
-    raise ValueError(f'sincos_2d needs a width divisible by 4, got {dim}.')
+    raise errors.UserError(f'sincos_2d needs a width divisible by 4, got {dim}.')
   y, x = np.mgrid[:height, :width]
   omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 or 1))
   y = y.reshape(-1)[:, None] * omega

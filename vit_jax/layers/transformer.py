@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax import errors
 from vit_jax.layers import attention
 from vit_jax.layers import kernels
 from vit_jax.layers import posemb
@@ -46,8 +47,8 @@ class BlockConfig:
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f'Unknown activation {self.activation!r}; expected one of '
-                       f'{sorted(ACTIVATIONS)}.')
+      raise errors.UserError(f'Unknown activation {self.activation!r}; expected one of '
+                             f'{sorted(ACTIVATIONS)}.')
 
 
 def with_pos(x, pos):
@@ -239,7 +240,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, *, mask=None, pos=None, deterministic=True, return_attention=False):
     if self.posemb not in (None, 'learn'):
-      raise ValueError(f"Unknown encoder posemb {self.posemb!r}; expected None or 'learn'.")
+      raise errors.UserError(f"Unknown encoder posemb {self.posemb!r}; expected None or 'learn'.")
     if self.posemb == 'learn':
       x = posemb.AddPositionEmbs(name='posembed_input')(x)
       x = nn.Dropout(self.config.dropout_rate)(x, deterministic)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import errors
 from vit_jax.layers import kernels
 from vit_jax.layers import masks
 from vit_jax.layers import posemb
@@ -60,7 +61,7 @@ class DETR(nn.Module):
     if self.posemb == 'learn':
       self.pos_embed = posemb.LearnedPosition2D(self.hidden_size // 2)
     elif self.posemb != 'sine':
-      raise ValueError(f"Unknown posemb {self.posemb!r}; expected 'sine' or 'learn'.")
+      raise errors.UserError(f"Unknown posemb {self.posemb!r}; expected 'sine' or 'learn'.")
     block = transformer.BlockConfig(
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, norm_first=False,

@@ -9,6 +9,7 @@ masks on decoder self-attention.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax import errors
 from vit_jax.layers import kernels
 from vit_jax.layers import masks
 from vit_jax.layers import posemb
@@ -26,8 +27,8 @@ VARIANTS = {
 
 def decode_variant(variant):
   if variant not in VARIANTS:
-    raise ValueError(f'Unknown Transformer variant {variant!r}; expected one of '
-                     f'{list(VARIANTS)}.')
+    raise errors.UserError(f'Unknown Transformer variant {variant!r}; expected one of '
+                           f'{list(VARIANTS)}.')
   return dict(VARIANTS[variant])
 
 
@@ -65,7 +66,7 @@ class Transformer(nn.Module):
     elif self.posemb == 'sincos':
       self.positions = posemb.sinusoidal_1d(self.max_length, d)
     else:
-      raise ValueError(f"Unknown posemb {self.posemb!r}; expected 'sincos' or 'learn'.")
+      raise errors.UserError(f"Unknown posemb {self.posemb!r}; expected 'sincos' or 'learn'.")
     block = transformer.BlockConfig(
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, norm_first=self.norm_first,

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax import errors
 from vit_jax.layers import kernels
 from vit_jax.layers import transformer
 
@@ -28,8 +29,9 @@ def decode_variant(variant):
   """'B/16' → dict(hidden_size=768, ..., patch_size=16)."""
   width, _, patch = variant.partition('/')
   if width not in WIDTHS or not patch.isdigit():
-    raise ValueError(f'Unknown ViT variant {variant!r}; expected WIDTH/PATCH with WIDTH one of '
-                     f'{list(WIDTHS)} and PATCH an integer, e.g. "B/16".')
+    raise errors.UserError(
+        f'Unknown ViT variant {variant!r}; expected WIDTH/PATCH with WIDTH one of '
+        f'{list(WIDTHS)} and PATCH an integer, e.g. "B/16".')
   return dict(WIDTHS[width], patch_size=int(patch))
 
 
@@ -59,11 +61,11 @@ class VisionTransformer(nn.Module):
     [B, heads, N(+1), N(+1)]).
     """
     if self.classifier not in ('token', 'gap'):
-      raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
+      raise errors.UserError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
     ph, pw = (self.patch_size,) * 2 if isinstance(self.patch_size, int) else self.patch_size
     b, h, w, c = images.shape
     if h % ph or w % pw:
-      raise ValueError(f'Image size {h}x{w} is not divisible by the patch size {ph}x{pw}.')
+      raise errors.UserError(f'Image size {h}x{w} is not divisible by the patch size {ph}x{pw}.')
     gh, gw = h // ph, w // pw
 
     # Patch embedding (§3.1): the conv of the published model, computed as one 2-D matmul of

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import scipy.optimize
 
+from vit_jax import errors
 from vit_jax.ops import boxes as box_ops
 
 
@@ -65,10 +66,10 @@ SOLVERS = {'scipy': assign_scipy, 'device': assign_device}
 def hungarian(cost, valid, solver='scipy'):
   """cost [..., Q, T], valid [..., T] → for each target, its matched query (−1 if padded)."""
   if solver not in SOLVERS:
-    raise ValueError(f'Unknown matcher {solver!r}; expected one of {sorted(SOLVERS)}.')
+    raise errors.UserError(f'Unknown matcher {solver!r}; expected one of {sorted(SOLVERS)}.')
   if cost.shape[-2] < cost.shape[-1]:
-    raise ValueError(f'{cost.shape[-2]} queries cannot match up to {cost.shape[-1]} targets; '
-                     'use model.num_queries ≥ data.max_boxes.')
+    raise errors.UserError(f'{cost.shape[-2]} queries cannot match up to {cost.shape[-1]} targets; '
+                           'use model.num_queries ≥ data.max_boxes.')
   lead, n = cost.shape[:-2], int(np.prod(cost.shape[:-2]))
   if cost.shape[-1] == 0:
     return jnp.zeros(valid.shape, jnp.int32)

@@ -1,6 +1,8 @@
 """Tasks: each model family's side of the contract in base.py (data, init, loss, metrics)."""
 import importlib
 
+from vit_jax import errors
+
 # config.task → the family's Task class ('module:Class'), imported when first asked for.
 TASKS = {
     'classification': 'vit_jax.tasks.classification:ClassificationTask',
@@ -12,6 +14,6 @@ TASKS = {
 def get_task(name):
   """The Task class registered under `name` (config.task)."""
   if name not in TASKS:
-    raise ValueError(f'Unknown task {name!r}; expected one of {sorted(TASKS)}.')
+    raise errors.UserError(f'Unknown task {name!r}; expected one of {sorted(TASKS)}.')
   module, cls = TASKS[name].split(':')
   return getattr(importlib.import_module(module), cls)
