@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -43,6 +44,10 @@ def test_lr_multipliers_scale_and_freeze_by_path():
   np.testing.assert_allclose(updates['backbone']['stem_bn']['scale'], 0.0)  # Frozen: no decay.
   np.testing.assert_allclose(updates['backbone']['conv']['kernel'], -0.1 * (1 + 0.5))
   np.testing.assert_allclose(updates['head']['kernel'], -(1 + 0.5))
+  # Frozen parameters carry no optimizer state (optax.set_to_zero); the others' momenta do.
+  tx, _ = optim.make_optimizer(10, lr_multipliers='_bn/=0,backbone/=0.1')
+  state_sizes = sum(x.size for x in jax.tree.leaves(tx.init(params)) if np.ndim(x))
+  assert state_sizes == 2 * (4 + 4)  # Adam's two moments of the two 2x2 kernels, not of scale.
   with pytest.raises(ValueError, match='expected "regex=factor" rules separated by commas, '
                                        "got 'backbone'"):
     optim.make_optimizer(10, lr_multipliers='backbone')

@@ -4,6 +4,10 @@ The handler only records the signal; the trainer finishes the step it is in, sav
 checkpoint and raises `Interrupted`. A second signal gets the default behaviour at once.
 With several processes they must stop at the same step, so the flag is shared (an all-gather)
 at agreed steps only; a lone process never stops on its own.
+
+Not jax's multihost_utils.reached_preemption_sync_point: it hears SIGTERM only, through the
+coordination service's own handler (so Ctrl-C would still need this one, and the two would
+compete for SIGTERM), and it needs jax.distributed, which a one-process run does not start.
 """
 import signal
 import threading

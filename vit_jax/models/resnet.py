@@ -3,14 +3,16 @@
 Frozen BatchNorm: statistics and affine parameters are parameters that get no gradient (and,
 being 1-D, no weight decay), so they never change; the stem and first stage are frozen by
 stopping the gradient after them (the DETR config also gives their weights a learning-rate
-multiplier of 0, so weight decay leaves them alone). Convolutions pad like torchvision (k // 2 on each
-side), so ported weights give the same features. Returns every stage's feature map.
+multiplier of 0: optax.set_to_zero, no optimizer state, no weight decay). Convolutions pad
+like torchvision (k // 2 on each side), so ported weights give the same features. Returns every stage's feature map.
 """
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vit_jax import errors
 
 VARIANTS = {
     'resnet18': dict(block='basic', depths=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
@@ -25,7 +27,7 @@ VARIANTS = {
 
 def decode_variant(name):
   if name not in VARIANTS:
-    raise ValueError(f'Unknown backbone {name!r}; expected one of {sorted(VARIANTS)}.')
+    raise errors.UserError(f'Unknown backbone {name!r}; expected one of {sorted(VARIANTS)}.')
   return dict(VARIANTS[name])
 
 
@@ -52,7 +54,7 @@ def norm_layer(kind, name):
     return FrozenBatchNorm(name=name)
   if kind == 'group_norm':
     return nn.GroupNorm(num_groups=8, name=name.replace('bn', 'gn'))
-  raise ValueError(f"Unknown backbone norm {kind!r}; expected 'frozen_bn' or 'group_norm'.")
+  raise errors.UserError(f"Unknown backbone norm {kind!r}; expected 'frozen_bn' or 'group_norm'.")
 
 
 def conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
@@ -108,7 +110,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.block not in ('basic', 'bottleneck'):
-      raise ValueError(f"Unknown ResNet block {self.block!r}; expected 'basic' or 'bottleneck'.")
+      raise errors.UserError(
+          f"Unknown ResNet block {self.block!r}; expected 'basic' or 'bottleneck'.")
     x = conv(self.stem_width, 7, 2, name='stem_conv', dtype=self.dtype)(x.astype(self.dtype))
     x = nn.relu(norm_layer(self.norm, 'stem_bn')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))

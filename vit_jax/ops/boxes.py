@@ -1,5 +1,6 @@
 """Box formats and (generalised) IoU. Boxes are [..., 4]; 'cxcywh' is DETR's normalised
-(centre x, centre y, width, height), 'xyxy' the corners (x0, y0, x1, y1)."""
+(centre x, centre y, width, height), 'xyxy' the corners (x0, y0, x1, y1). Written here: the
+JAX stack has no box ops (torchvision's are for PyTorch tensors), and these are a few lines."""
 import jax.numpy as jnp
 
 EPS = 1e-7  # Keeps IoU finite for degenerate (zero-area) boxes.

@@ -2,6 +2,8 @@
 
 Both are pure functions of (params, source) built on `Transformer.encode` and
 `Transformer.decode_logits` with `decode=True`, so they jit as one program (lax.while_loop).
+Written here because no package of the stack (jax, flax, optax) ships beam search for a Linen
+model's cache; flax's WMT example has one as example code, not as a library.
 """
 import jax
 import jax.numpy as jnp
