@@ -1,5 +1,18 @@
-"""Trainer settings shared by every family's config."""
+"""Trainer settings shared by every family's config, and the parsing of config arguments."""
+import re
+
 import ml_collections
+
+
+def parse_args(arg, known, pattern=None, pattern_help=''):
+  """'tiny,dates' → ['tiny', 'dates']. An argument that is not in `known` (and does not match
+  `pattern`) is an error listing the valid ones: a typo must not silently train the default."""
+  args = [a for a in arg.split(',') if a]
+  for a in args:
+    if a not in known and not (pattern and re.fullmatch(pattern, a)):
+      raise ValueError(f'Unknown config argument {a!r}; expected a comma-separated list of '
+                       f'{", ".join(known)}{pattern_help}.')
+  return args
 
 
 def trainer_config():
@@ -19,11 +32,12 @@ def trainer_config():
   c.remat = False               # Recompute transformer blocks in the backward pass.
   c.scan_layers = False         # Each block stack as one nn.scan: compiles once for any depth.
   c.on_nonfinite = 'stop'       # Non-finite loss/gradients: 'stop' with an error, or 'skip'.
+  c.check_data = True           # Read every example of both splits once before training.
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,
       weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
       clip_norm=1.0,
-      lr_multipliers=''))  # 'regex=factor,...' on parameter paths; 0 freezes.
+      lr_multipliers=''))  # 'regex=factor,...' on parameter paths (first match); 0 freezes.
   # fsdp > 1: parameters and optimizer state sharded over that many devices (FSDP); arrays
   # under fsdp_min_size elements stay replicated.
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))

@@ -1,4 +1,6 @@
 """Interruptions, damaged checkpoints, non-finite steps and unusable workdirs."""
+import errno
+import json
 import os
 import shutil
 import signal
@@ -13,6 +15,7 @@ import pytest
 from helpers import params_of
 from helpers import tiny
 from vit_jax import checkpoint
+from vit_jax import errors
 from vit_jax import metrics
 from vit_jax import train
 
@@ -106,17 +109,18 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
   # A learning rate of 1e30 makes step 1's update finite but step 2's logits overflow.
   config = tiny(total_steps=5, eval_every=100, checkpoint_every=1, log_every=100,
                 **{'optim.learning_rate': 1e30, 'optim.warmup_steps': 0})
-  with pytest.raises(FloatingPointError,
-                     match=r"Non-finite loss, grad_norm at step 2 \(\{'loss': nan, "
-                           r"'grad_norm': nan\}\)\. Training stopped without saving; the last "
-                           r"good checkpoint is step 1\. .*--config.on_nonfinite=skip"):
+  with pytest.raises(errors.Diverged,
+                     match=r"Non-finite loss, grad_norm \(\{'loss': nan, 'grad_norm': nan\}\) at "
+                           r"step 2\. Training stopped without saving; the last good checkpoint "
+                           r"is step 1\. .*--config.on_nonfinite=skip"):
     train.train_and_evaluate(config, str(tmp_path))
   assert os.listdir(tmp_path / 'checkpoints') == ['1']
 
 
 def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
   config = tiny(total_steps=5, eval_every=100, checkpoint_every=1, log_every=5,
-                keep_checkpoints=5, on_nonfinite='skip', **{'optim.learning_rate': 1e30, 'optim.warmup_steps': 0})
+                keep_checkpoints=5, on_nonfinite='skip',
+                **{'optim.learning_rate': 1e30, 'optim.warmup_steps': 0})
   state, _ = train.train_and_evaluate(config, str(tmp_path))
   assert int(state['step']) == 5
   # Steps 2-5 were skipped: the parameters are still those after step 1.
@@ -124,6 +128,82 @@ def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
                params_of(state))
   [row] = [r for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl')) if 'train/loss' in r]
   assert row['train/skipped_steps'] == 4
+
+
+@pytest.mark.filterwarnings('ignore:overflow encountered in cast')  # The 1e39 itself.
+def test_a_finite_step_that_overflows_the_parameters_is_skipped_too(tmp_path):
+  # A learning rate of 1e39 is infinite in float32: the loss and gradients of step 1 are
+  # finite, the parameters after its update are not.
+  config = tiny(total_steps=3, eval_every=100, checkpoint_every=1, log_every=3,
+                on_nonfinite='skip', **{'optim.learning_rate': 1e39, 'optim.warmup_steps': 0})
+  state, _ = train.train_and_evaluate(config, str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params_of(state)))
+  [row] = [r for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl')) if 'train/loss' in r]
+  assert row['train/skipped_steps'] == 3 and np.isfinite(row['train/loss'])
+  config.on_nonfinite = 'stop'
+  with pytest.raises(errors.Diverged, match='Non-finite parameters after the update at step 1'):
+    train.train_and_evaluate(config, str(tmp_path / 'stop'))
+
+
+def test_a_full_disk_is_one_error_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+  saves = []
+  real_save = checkpoint.ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):  # The second save finds the disk full.
+    saves.append(step)
+    if len(saves) == 2:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, 'save', save)
+  config = tiny(total_steps=4, eval_every=100, checkpoint_every=2, log_every=100)
+  with pytest.raises(errors.DiskFull) as raised:
+    train.train_and_evaluate(config, str(tmp_path))
+  directory = tmp_path / 'checkpoints'
+  assert str(raised.value) == (
+      f'No space left on device in {directory} (while saving checkpoint 4). The last good '
+      f'checkpoint is {directory}/2; free some space (or move the workdir) and run the same '
+      'command again to resume from it.')
+  assert os.listdir(directory) == ['2']
+  # A disk without room for the next checkpoint is named before orbax starts writing.
+  monkeypatch.setattr(checkpoint.shutil, 'disk_usage', lambda _: shutil._ntuple_diskusage(
+      10 * 2**20, 10 * 2**20 - 2**19, 2**19))
+  with pytest.raises(errors.DiskFull, match=r'\(checkpoint 4 needs 1\.\d MiB, the disk has '
+                                            r'0\.5 MiB free\)\. The last good checkpoint is '
+                                            r'.*checkpoints/2;'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_bad_data_fails_before_training_and_an_eval_failure_after_the_save(tmp_path):
+  """Every split is checked at start-up; with the check off, an evaluation that fails comes
+  after its interval's checkpoint is written."""
+  from PIL import Image
+  root = tmp_path / 'photos'
+  for split in ('train', 'test'):
+    for c in ('cat', 'dog'):
+      (root / split / c).mkdir(parents=True)
+      for i in range(4):
+        Image.new('L', (8, 8), 40 * i).save(root / split / c / f'{i}.png')
+  (root / 'test' / 'dog' / '3.png').write_bytes(b'not a png')
+  config = tiny(total_steps=4, eval_every=4, checkpoint_every=4, log_every=100, batch_size=8,
+                **{'data.name': 'folder', 'data.data_dir': str(root), 'model.num_classes': 2})
+  with pytest.raises(errors.UserError, match=r"Evaluation image '.*test/dog/3.png' is "
+                                             r"malformed: UnidentifiedImageError"):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints' / '4')  # No training happened.
+  assert json.loads((tmp_path / 'run' / 'classes.json').read_text()) == ['cat', 'dog']
+  config.check_data = False
+  with pytest.raises(errors.UserError, match='Evaluation image .* is malformed'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path / 'run' / 'checkpoints') == ['4']  # Saved before evaluating.
+
+
+def test_a_refused_checkpoint_leaves_the_workdir_config_untouched(tmp_path):
+  train.train_and_evaluate(tiny(total_steps=1, eval_every=100), str(tmp_path))
+  saved = (tmp_path / 'config.json').read_text()
+  with pytest.raises(checkpoint.CheckpointMismatch):
+    train.train_and_evaluate(tiny(total_steps=2, **{'model.mlp_dim': 48}), str(tmp_path))
+  assert (tmp_path / 'config.json').read_text() == saved
 
 
 def test_unknown_nonfinite_mode_is_named(tmp_path):
@@ -150,6 +230,6 @@ def test_a_checkpoint_of_another_model_is_named_not_restored(tmp_path):
 def test_a_workdir_that_cannot_be_written_is_named(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  with pytest.raises(OSError, match=f"Cannot write to workdir '{blocker}/run' "
-                                    r"\(Not a directory\); choose a writable --workdir"):
+  with pytest.raises(errors.UserError, match=f"Cannot write to workdir '{blocker}/run' "
+                                            r"\(Not a directory\); choose a writable --workdir"):
     train.train_and_evaluate(tiny(), str(blocker / 'run'))

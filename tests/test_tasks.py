@@ -103,7 +103,7 @@ def test_a_new_family_trains_exports_and_fine_tunes_through_the_contract_alone(t
   start = params_of(train.Trainer(config).initial_state())
   jax.tree.map(np.testing.assert_array_equal, start, params_of(state))
   with pytest.raises(ValueError, match=r"Unknown --mode='translate' for task 'linear'; expected "
-                                       r"one of \['train', 'export'\]"):
+                                       r"one of \['train', 'export', 'config'\]"):
     train.run_command(config, str(tmp_path / 'run'), 'translate')
 
 

@@ -2,19 +2,26 @@
 restore onto any device count (the target shardings decide).
 
 Orbax writes each step into a temporary folder and renames it when complete, so a save cut
-short never replaces the last good checkpoint. A checkpoint that cannot be read is reported,
-set aside as `<step>.damaged` (never deleted) and the previous one is used.
+short never replaces the last good checkpoint (its leftover temporary folder is removed at the
+next start). A checkpoint that cannot be read is reported, set aside as `<step>.damaged`
+(never deleted) and the previous one is used. A save that would not fit on the disk, or runs
+out of space, is one error, errors.DiskFull, naming the last good checkpoint.
 """
+import errno
+import logging
 import os
+import shutil
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vit_jax import errors
 from vit_jax import pretrained
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(errors.UserError):
   """The checkpoint holds another model (or another shape of this one)."""
 
 
@@ -23,17 +30,47 @@ class Checkpointer:
 
   def __init__(self, workdir, keep):
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(directory, options=options,
                                          item_handlers=ocp.StandardCheckpointHandler())
     self.directory = directory
+    self.saving, self.disk_full = None, False
+    self.quiet = _QuietDiskFull()
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def save(self, step, state):
-    """Saves in the background (orbax writes to a temporary folder, then renames)."""
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    """Saves in the background (orbax writes to a temporary folder, then renames), if the
+    disk has room for the state (its size, plus 10% and 1 MiB for orbax's metadata)."""
+    self._reporting_disk_full(self.manager.wait_until_finished)  # The previous save's fate.
+    self.saving = step
+    need = 1.1 * sum(x.nbytes for x in jax.tree.leaves(state)) + 2**20
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise self.disk_full_error(f'checkpoint {step} needs {need / 2**20:.1f} MiB, the disk '
+                                 f'has {free / 2**20:.1f} MiB free')
+    self._reporting_disk_full(self.manager.save, step, args=ocp.args.StandardSave(state),
+                              force=True)
+
+  def disk_full_error(self, what):
+    """errors.DiskFull naming the last good checkpoint; what: what ran out of space."""
+    self.disk_full = True
+    good = [s for s in self.manager.all_steps() if s != self.saving]
+    last = f'{self.directory}/{max(good)}' if good else 'none yet'
+    return errors.DiskFull(
+        f'No space left on device in {self.directory} ({what}). The last good checkpoint is '
+        f'{last}; free some space (or move the workdir) and run the same command again to '
+        'resume from it.')
+
+  def _reporting_disk_full(self, fn, *args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      if not out_of_space(e):
+        raise
+      raise self.disk_full_error(f'while saving checkpoint {self.saving}') from None
 
   def restore(self, step, abstract_state=None):
     """abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings; None
@@ -77,10 +114,58 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self):
-    self.manager.wait_until_finished()
+    if not self.disk_full:  # Reported once; the failed save is over.
+      self._reporting_disk_full(self.manager.wait_until_finished)
 
   def close(self):
-    self.manager.close()
+    try:
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if not (self.disk_full and out_of_space(e)):
+        raise
+    finally:
+      if not self.disk_full:  # After one, its writers' last words come as the process exits.
+        self.quiet.remove()
+
+
+class _QuietDiskFull:
+  """While a Checkpointer is open: orbax's background writers log every write that a full disk
+  refused, and each write cut short by it reports a closed event loop (hundreds of lines in
+  all); the Checkpointer reports the full disk once, as errors.DiskFull."""
+
+  def __init__(self):
+    self.handlers = list(logging.getLogger().handlers)
+    for handler in self.handlers:
+      handler.addFilter(self)
+    self.previous_hook = sys.unraisablehook
+    sys.unraisablehook = self.unraisable
+
+  def filter(self, record):
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else '')
+    return 'No space left on device' not in text
+
+  def unraisable(self, unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            'Event loop is closed' in str(unraisable.exc_value)):
+      self.previous_hook(unraisable)
+
+  def remove(self):
+    for handler in self.handlers:
+      handler.removeFilter(self)
+    if sys.unraisablehook == self.unraisable:
+      sys.unraisablehook = self.previous_hook
+
+
+def out_of_space(error):
+  """Whether `error`, or an error it was raised from, is ENOSPC (orbax wraps them)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC or
+        'No space left on device' in str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _unused(path):

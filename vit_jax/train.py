@@ -5,9 +5,12 @@ task.loss_fn (gradient accumulation by scan) → eval over the full split → or
 The trainer knows no model: a family plugs in through its task, and the trainer calls only
 what the contract in vit_jax/tasks/base.py declares.
 
-A step whose loss or gradients are not finite leaves the state unchanged; the host then stops
-with an error naming the step (config.on_nonfinite='stop') or counts it ('skip'). SIGTERM or
-SIGINT finishes the step, saves a checkpoint and raises preemption.Interrupted.
+A step whose loss, gradients or updated parameters are not finite leaves the state unchanged;
+the host then stops with an error naming the step (config.on_nonfinite='stop') or counts it
+('skip'). SIGTERM or SIGINT finishes the step, saves a checkpoint and raises
+preemption.Interrupted. Every split is read once at start-up (Task.check_data), each interval's
+checkpoint is written before its evaluation, and config.json only once the workdir's
+checkpoint has been accepted: bad data or a refused checkpoint never costs finished work.
 """
 import json
 import os
@@ -21,6 +24,7 @@ import numpy as np
 import tqdm
 
 from vit_jax import checkpoint as checkpoint_lib
+from vit_jax import errors
 from vit_jax import metrics as metrics_lib
 from vit_jax import optim
 from vit_jax import plots
@@ -61,8 +65,12 @@ def make_train_step(task, tx, accum_steps):
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     new_params = jax.tree.map(jnp.add, params, updates)
     grad_norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
-    # A non-finite step changes nothing: the host decides whether to stop or go on.
-    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+    # A non-finite step changes nothing: the host decides whether to stop or go on. Finite
+    # gradients can still overflow the parameters (a huge learning rate): they are checked too.
+    # (Not optax.apply_if_finite: it checks the gradients only, not the updated parameters,
+    # and after max_consecutive_errors it applies them anyway.)
+    finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm) &
+              jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)])))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     stats = {'grad_norm': grad_norm, 'nonfinite': 1 - finite.astype(jnp.int32)}
     return {'step': state['step'] + 1, 'params': keep(new_params, params),
@@ -82,8 +90,8 @@ class Trainer:
     self.local_eval_batch = sharding.check_batch_size(config.eval_batch_size, self.mesh,
                                                       'eval_batch_size')
     if config.batch_size % (config.accum_steps * self.mesh.devices.size):
-      raise ValueError(f'batch_size={config.batch_size} must be divisible by accum_steps '
-                       f'({config.accum_steps}) x devices ({self.mesh.devices.size}).')
+      raise errors.UserError(f'batch_size={config.batch_size} must be divisible by accum_steps '
+                             f'({config.accum_steps}) x devices ({self.mesh.devices.size}).')
     self.tx, self.schedule = optim.make_optimizer(config.total_steps, **config.optim,
                                                   model_dim=self.task.model_dim())
     self.rng = jax.random.key(config.seed)
@@ -168,8 +176,8 @@ def prepare_workdir(workdir):
     os.makedirs(workdir, exist_ok=True)
     tempfile.TemporaryFile(dir=workdir).close()
   except OSError as e:
-    raise OSError(f'Cannot write to workdir {workdir!r} ({e.strerror or e}); choose a writable '
-                  '--workdir.') from None
+    raise errors.UserError(f'Cannot write to workdir {workdir!r} ({e.strerror or e}); choose a '
+                           'writable --workdir.') from None
   return workdir
 
 
@@ -179,7 +187,7 @@ class NonFiniteGuard:
 
   def __init__(self, mode):
     if mode not in NONFINITE_MODES:
-      raise ValueError(f'Unknown on_nonfinite={mode!r}; expected one of {NONFINITE_MODES}.')
+      raise errors.UserError(f'Unknown on_nonfinite={mode!r}; expected one of {NONFINITE_MODES}.')
     self.mode, self.pending, self.skipped = mode, [], 0
 
   def add(self, step, loss, stats):
@@ -195,11 +203,36 @@ class NonFiniteGuard:
         continue
       values = {'loss': loss, 'grad_norm': stats['grad_norm']}
       bad = {k: float(v) for k, v in values.items() if not np.isfinite(v)}
+      what = f'{", ".join(bad)} ({bad})' if bad else 'parameters after the update'
       where = (f'step {last_checkpoint}' if last_checkpoint else 'none yet')
-      raise FloatingPointError(
-          f'Non-finite {", ".join(bad)} at step {step} ({bad}). Training stopped without '
-          f'saving; the last good checkpoint is {where}. Lower the learning rate, or set '
+      raise errors.Diverged(
+          f'Non-finite {what} at step {step}. Training stopped without saving; the last '
+          f'good checkpoint is {where}. Lower the learning rate, or set '
           '--config.on_nonfinite=skip to skip such steps and count them.')
+
+
+def describe_devices(mesh):
+  """'8 cpu devices (cpu) in 1 process, mesh data=8 x fsdp=1'."""
+  devices = mesh.devices.ravel()
+  kinds = sorted({d.device_kind for d in devices})
+  shape = ' x '.join(f'{k}={v}' for k, v in mesh.shape.items())
+  return (f'{len(devices)} {"/".join(kinds)} device{"s" * (len(devices) > 1)} '
+          f'({jax.default_backend()}) in {jax.process_count()} '
+          f'process{"es" * (jax.process_count() > 1)}, mesh {shape}')
+
+
+def last_eval(metrics_path):
+  """The newest eval metrics in metrics.jsonl (a finished run's final ones), or {}."""
+  if not os.path.exists(metrics_path):
+    return {}
+  evals = [{k[len('eval/'):]: v for k, v in r.items() if k.startswith('eval/')}
+           for r in metrics_lib.read_jsonl(metrics_path)]
+  return next((e for e in reversed(evals) if e), {})
+
+
+def format_eval(step, metrics):
+  return f'step {step}: ' + ', '.join(f'eval {k} {v:.4f}' if k != 'count' else
+                                      f'{int(v)} examples' for k, v in metrics.items())
 
 
 def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
@@ -212,28 +245,36 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   prepare_workdir(workdir)
   trainer = Trainer(config, workdir, devices)
   guard = NonFiniteGuard(config.on_nonfinite)
-  train_source, eval_source, preprocess = trainer.task.datasets()
+  main_process = jax.process_index() == 0
+  log = tqdm.tqdm.write if main_process else (lambda *_: None)
+  log(f'Running on {describe_devices(trainer.mesh)}.')
+  datasets = trainer.task.datasets()
+  if config.get('check_data', True):
+    trainer.task.check_data(datasets)
+  train_source, eval_source, preprocess = datasets
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir)
-  main_process = jax.process_index() == 0
-  log = print if main_process else (lambda *_: None)
-  if main_process:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
 
   state, start = trainer.restore_newest(checkpoints, log)
   if state is None:
     state, start = trainer.initial_state(), 0
   else:
     log(f'Resuming from step {start} in {checkpoints.directory}')
+  if main_process:  # Only now: a refused checkpoint leaves the workdir's config untouched.
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   batches = pipeline.train_batches(train_source, preprocess.train, trainer.local_batch,
                                    seed=config.seed, start_step=start,
                                    num_threads=config.data.num_threads)
   eval_metrics, saved = {}, start
+  if start >= config.total_steps:
+    eval_metrics = last_eval(writer.path)
+    log(f'Already trained to step {start} (config.total_steps={config.total_steps}); its '
+        f'final evaluation: {format_eval(start, eval_metrics) if eval_metrics else "none"}.')
   progress = tqdm.tqdm(total=config.total_steps, initial=start, disable=not main_process,
                        desc='train', unit='step', dynamic_ncols=True)
-  window, window_start = [], time.perf_counter()
+  window, timed, window_start = [], 0, time.perf_counter()
   last_step = min(config.total_steps, stop_at_step or config.total_steps)
   try:
     with preemption.StopOnSignal() as signals:
@@ -242,6 +283,10 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
         state, metrics, stats = trainer.train_step(state, batch, trainer.rng)
         guard.add(step, metrics['loss'], stats)
         window.append((metrics, stats))
+        timed += 1
+        if step == start + 1:  # Compilation is not training throughput.
+          jax.block_until_ready(state)
+          timed, window_start = 0, time.perf_counter()
         progress.update(1)
         log_now = step % config.log_every == 0 or step == config.total_steps
         eval_now = step % config.eval_every == 0 or step == config.total_steps
@@ -258,24 +303,16 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
           scalars = {f'train/{k}': np.mean([m[0][k] for m in counted]) for k in window[0][0]}
           scalars['train/grad_norm'] = np.mean([m[1]['grad_norm'] for m in counted])
           scalars['train/learning_rate'] = trainer.schedule(step - 1)
-          scalars['train/examples_per_sec'] = len(window) * config.batch_size / elapsed
+          if timed:
+            scalars['train/examples_per_sec'] = timed * config.batch_size / elapsed
           if config.on_nonfinite == 'skip':
             scalars['train/skipped_steps'] = guard.skipped
           writer.write(step, scalars)
           progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
-                               ex_s=f"{scalars['train/examples_per_sec']:.0f}")
-          window, window_start = [], time.perf_counter()
+                               ex_s=f"{scalars.get('train/examples_per_sec', 0):.0f}")
+          window, timed, window_start = [], 0, time.perf_counter()
 
-        if eval_now and not stop_now:
-          eval_metrics = trainer.evaluate(state['params'], eval_source, preprocess.eval)
-          # 'count' (the trainer's own: real examples seen) is printed, not plotted.
-          writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
-          if main_process:
-            progress.write(f'step {step}: ' + ', '.join(
-                f'eval {k} {v:.4f}' if k != 'count' else f'{int(v)} examples'
-                for k, v in eval_metrics.items()))
-          window_start = time.perf_counter()  # Eval time is not training throughput.
-
+        # Saved before evaluating: an evaluation that fails never costs the interval's work.
         if save_now or stop_now:
           checkpoints.save(step, state)
           saved = step
@@ -285,11 +322,29 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
               f'Stopped by {signals.name} at step {step}; checkpoint saved in '
               f'{checkpoints.directory}/{step}. Run the same command again (same --workdir) '
               f'to resume from step {step}.', signals.signum)
+
+        if eval_now:
+          eval_metrics = trainer.evaluate(state['params'], eval_source, preprocess.eval)
+          # 'count' (the trainer's own: real examples seen) is printed, not plotted.
+          writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
+          log(format_eval(step, eval_metrics))
+          timed, window_start = 0, time.perf_counter()  # Eval time is not training throughput.
+  except OSError as e:  # Metrics and logs share the checkpoints' disk.
+    if isinstance(e, errors.DiskFull) or not checkpoint_lib.out_of_space(e):
+      raise
+    raise checkpoints.disk_full_error(f'while writing {e.filename or "metrics"}') from None
   finally:
     progress.close()
-    checkpoints.wait()  # A save in flight completes, whatever stopped the loop.
-    checkpoints.close()
-    writer.close()
+    try:
+      checkpoints.wait()  # A save in flight completes, whatever stopped the loop.
+    finally:
+      checkpoints.close()
+      try:
+        writer.close()
+      except OSError as e:  # Its last flush, on a disk that may have filled up.
+        if not checkpoint_lib.out_of_space(e):
+          raise
+        raise checkpoints.disk_full_error('while writing metrics') from None
 
   if main_process and os.path.exists(writer.path):
     png = plots.training_curves(writer.path, os.path.join(workdir, 'training_curves.png'))
@@ -303,14 +358,23 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   return state, eval_metrics
 
 
+def existing_checkpoints(config, workdir):
+  """The workdir's checkpoints, for reading: a workdir without any is an error (and is not
+  created)."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise errors.NotFound(f'No checkpoint in {directory}; train first (or check --workdir).')
+  return checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+
+
 def restore_latest(config, workdir, devices=None):
   """(trainer, newest checkpointed state, its step) for export and inference."""
+  checkpoints = existing_checkpoints(config, workdir)
   trainer = Trainer(config, workdir, devices)
-  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   state, step = trainer.restore_newest(checkpoints)
   checkpoints.close()
   if state is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpoints.directory}; train first.')
+    raise errors.NotFound(f'No checkpoint in {checkpoints.directory}; train first.')
   return trainer, state, step
 
 
@@ -320,14 +384,16 @@ def export(config, workdir, path=None):
   (config.pretrained.path) or other codebases, with the task's artifacts (a tokenizer)
   beside it. Builds no model and reads no data: the parameters are read as stored."""
   from vit_jax import pretrained
-  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+  checkpoints = existing_checkpoints(config, workdir)
   state, step = checkpoints.restore_newest()
   checkpoints.close()
   if state is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpoints.directory}; train first.')
+    raise errors.NotFound(f'No checkpoint in {checkpoints.directory}; train first.')
   path = os.path.abspath(path or config.export_path or os.path.join(workdir, 'params.npz'))
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.isdir(os.path.dirname(path)):
+      print(f'Creating {os.path.dirname(path)}')
+      os.makedirs(os.path.dirname(path))
     pretrained.save_npz(jax.device_get(state['params']), path)
     for name in tasks.get_task(config.task).artifacts:
       source, target = os.path.join(workdir, name), os.path.join(os.path.dirname(path), name)
@@ -342,7 +408,7 @@ def run_command(config, workdir, mode):
   task = tasks.get_task(config.task)(config, workdir)
   commands = task.commands()
   if mode not in commands:
-    raise ValueError(f'Unknown --mode={mode!r} for task {config.task!r}; expected one of '
-                     f"{['train', 'export'] + sorted(commands)}.")
+    raise errors.UserError(f'Unknown --mode={mode!r} for task {config.task!r}; expected one of '
+                           f"{['train', 'export', 'config'] + sorted(commands)}.")
   trainer, state, _ = restore_latest(config, workdir)
   trainer.task.commands()[mode](state['params'])

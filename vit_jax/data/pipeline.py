@@ -11,6 +11,9 @@ import math
 import grain
 import jax
 import numpy as np
+import tqdm
+
+from vit_jax import errors
 
 # Batch keys the trainer itself relies on; every other key belongs to a family's task.
 # WEIGHT, float32 [B], in evaluation batches: 1 for a real example, 0 for a copy that pads
@@ -19,7 +22,7 @@ import numpy as np
 WEIGHT = 'weight'
 
 
-class MalformedExample(ValueError):
+class MalformedExample(errors.UserError):
   """An example that cannot be read or preprocessed; the message names it."""
 
 
@@ -91,9 +94,25 @@ class _Padded:
 def eval_batches(source, preprocess, local_batch, *, num_threads=2):
   """This process's eval batches over the whole split, the last one padded (WEIGHT 0)."""
   if len(source) == 0:
-    raise ValueError('The evaluation split is empty.')
+    raise errors.UserError('The evaluation split is empty.')
   padded = _Padded(source, preprocess, local_batch * jax.process_count())
   return _iterate(_host_rows(grain.MapDataset.source(padded), local_batch), num_threads)
+
+
+def check_all(source, fn, what, *, num_threads=2, desc=None):
+  """fn(example) for every example of `source`, in threads, with a progress bar: the first
+  example that cannot be read or processed stops it with an error naming it. → its length."""
+  def check(pair):
+    index, example = pair
+    call_naming(source, index, what, fn, example)
+    return index  # Not the output: only whether it could be made.
+
+  ds = grain.MapDataset.source(_Indexed(source, what)).map(check)
+  quiet = jax.process_index() != 0
+  for _ in tqdm.tqdm(_iterate(ds, num_threads), total=len(source), desc=desc or what,
+                     unit='example', leave=False, disable=quiet, dynamic_ncols=True):
+    pass
+  return len(source)
 
 
 def num_eval_batches(source, global_batch):

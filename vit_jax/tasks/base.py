@@ -20,6 +20,7 @@ import functools
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 from vit_jax import pretrained
+from vit_jax.data import pipeline
 from vit_jax.layers import kernels
 
 Batch = Dict[str, Any]
@@ -112,6 +113,16 @@ class Task(abc.ABC):
     outputs concatenated over the split, numpy [N, ...], real examples only, in order."""
     del outputs, source
     return {}
+
+  def check_data(self, datasets: Datasets) -> None:
+    """Called once at start-up: reads and preprocesses (eval preprocessing) every example of
+    both splits, so bad data (an unreadable file, a wrong image size or channel count, an
+    over-long sentence) stops the run before training, with an error naming the example,
+    instead of crashing it hours later (config.check_data=False skips this)."""
+    threads = self.config.data.get('num_threads', 2)
+    for what, source in (('Training', datasets.train), ('Evaluation', datasets.eval)):
+      pipeline.check_all(source, datasets.preprocess.eval, what, num_threads=threads,
+                         desc=f'checking {what.lower()} data')
 
   def load_pretrained(self, params: Params, path: str) -> Params:
     """Fine-tuning: `params` (freshly initialised) with the values of the .npz at `path`,
