@@ -2,11 +2,15 @@
 
 Default (no argument): ViT on scikit-learn's 1,797 real 8x8 digits, shipped inside the package.
   python main.py --config=configs/vit.py --workdir=/tmp/vit_digits
-  Expected: see README.md (test accuracy and wall time measured on a 2-core CPU).
+  Expected: 97.2% test accuracy (350 of 360 images) in about 4.5 minutes on a 2-core AMD
+  EPYC (Zen 4) CPU; other CPUs round differently and may differ by a few images.
 
 Arguments (comma-separated) change the default:
   tiny          a few steps of a 2-layer model (tests, smoke runs).
   finetune      fine-tune at 16x16 from an exported .npz (set --config.pretrained.path).
+  folder        your own images in data_dir/<split>/<class_name>/*.jpg: 64x64 colour
+                (grayscale converted), random-resized crops and flips, the XS/8 model; set
+                --config.data.data_dir and --config.model.num_classes.
   VARIANT,NAME  a published variant on a prepared TFDS dataset, e.g. 'B/16,cifar10' with
                 --config.data.data_dir=~/tensorflow_datasets (224x224, random-resized crops).
 Any value can be overridden: --config.total_steps=200 --config.model.dropout_rate=0.1
@@ -21,7 +25,8 @@ TFDS_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'oxford_ii
 
 
 def get_config(arg=''):
-  args = [a for a in arg.split(',') if a]
+  args = common.parse_args(arg, ['tiny', 'finetune', 'folder'] + sorted(TFDS_CLASSES), r'[A-Za-z]+/\d+',
+                           ' or a variant WIDTH/PATCH (e.g. B/16)')
   c = common.trainer_config()
   c.task = 'classification'
   c.label_smoothing = 0.0
@@ -34,7 +39,8 @@ def get_config(arg=''):
       classifier='token', representation_size=placeholder(int), activation='gelu'))
   c.data = ml_collections.ConfigDict(dict(
       name='digits', tfds_name='', data_dir='', train_split='train', eval_split='test',
-      image_size=8, channels=1, augment='random_affine', flip=False, num_threads=2))
+      image_size=8, channels=1, convert_channels=False, augment='random_affine', flip=False,
+      num_threads=2))
   c.total_steps = 2500
   c.batch_size = 128
   c.eval_every = 500
@@ -46,6 +52,10 @@ def get_config(arg=''):
     c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
     c.optim.warmup_steps = 5
+  if 'folder' in args:  # Your photos: data_dir/<split>/<class_name>/*.jpg, at 64x64 in colour.
+    c.model.variant = 'XS/8'
+    c.data.update(name='folder', image_size=64, channels=3, convert_channels=True,
+                  augment='inception_crop', flip=True)
   if 'finetune' in args:
     c.data.image_size = 16
     c.total_steps, c.eval_every, c.checkpoint_every = 300, 100, 100
@@ -53,7 +63,8 @@ def get_config(arg=''):
   for a in args:
     if '/' in a:
       c.model.variant = a
-      c.data.update(image_size=224, channels=3, augment='inception_crop', flip=True)
+      c.data.update(image_size=224, channels=3, convert_channels=True,  # Grayscale → RGB.
+                    augment='inception_crop', flip=True)
       c.total_steps, c.batch_size, c.eval_every = 10_000, 512, 1000
       c.optim.update(learning_rate=3e-3, warmup_steps=1000, weight_decay=0.1)
     elif a in TFDS_CLASSES:

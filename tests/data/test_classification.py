@@ -56,23 +56,53 @@ def test_tfds_source_and_preprocessing(tmp_path):
     classification.make_source('tfds', 'train', str(tmp_path), tfds_name='cifar10')
 
 
-def test_image_folder(tmp_path):
-  for split, n in (('train', 3), ('test', 2)):
-    for c in ('cat', 'dog'):
-      (tmp_path / split / c).mkdir(parents=True)
+def make_folder(root, splits):
+  """root/<split>/<class>/<i>.png: grayscale 9x7 images, `n` per class."""
+  for split, (classes, n) in splits.items():
+    for c in classes:
+      (root / split / c).mkdir(parents=True)
       for i in range(n):
-        Image.new('L', (9, 7), 40 * i).save(tmp_path / split / c / f'{i}.png')
+        Image.new('L', (9, 7), 40 * i).save(root / split / c / f'{i}.png')
+
+
+def test_image_folder(tmp_path):
+  make_folder(tmp_path, {'train': (('cat', 'dog'), 3), 'test': (('cat', 'dog'), 2)})
   source = classification.make_source('folder', 'train', str(tmp_path))
   assert len(source) == 6 and source.classes == ['cat', 'dog'] and source.num_classes == 2
-  assert source[4]['image'].shape == (7, 9, 3) and source[4]['label'] == 1
+  assert source[4]['image'].shape == (7, 9, 1) and source[4]['label'] == 1  # Grayscale kept.
   with pytest.raises(ValueError, match='Image folder split .*valid.* does not exist'):
     classification.make_source('folder', 'valid', str(tmp_path))
 
 
-def test_wrong_channels_is_a_clear_error():
+def test_image_folder_labels_come_from_the_training_classes(tmp_path):
+  make_folder(tmp_path, {'train': (('cat', 'dog', 'fox'), 1), 'test': (('fox',), 2)})
+  train = classification.make_source('folder', 'train', str(tmp_path))
+  test = classification.make_source('folder', 'test', str(tmp_path), classes=train.classes)
+  assert [test[i]['label'] for i in range(len(test))] == [2, 2]  # 'fox', not the first class.
+  with pytest.raises(ValueError, match=r"'.*train' has class folders \['fox'\] that the "
+                                       r"training classes \['cat', 'dog'\] lack"):
+    classification.make_source('folder', 'train', str(tmp_path), classes=['cat', 'dog'])
+
+
+def test_channels_are_honoured_and_converted_only_when_asked():
+  grey, rgb = np.full((8, 8, 1), 90, np.uint8), np.zeros((8, 8, 3), np.uint8)
   prep = classification.Preprocess(image_size=8, augment='none', channels=1)
-  with pytest.raises(ValueError, match='Image has 3 channels; the model expects 1'):
-    prep.eval({'image': np.zeros((8, 8, 3), np.uint8), 'label': 0})
+  assert prep.eval({'image': grey, 'label': 0})['image'].shape == (8, 8, 1)
+  with pytest.raises(ValueError, match=r'Image has 3 channels; the model expects 1 '
+                                       r'\(data.channels=1\)\. Set data.channels=3, or '
+                                       r'data.convert_channels=True'):
+    prep.eval({'image': rgb, 'label': 0})
+  with pytest.raises(ValueError, match='Image has 1 channels; the model expects 3'):
+    classification.Preprocess(image_size=8, augment='none').eval({'image': grey, 'label': 0})
+  convert = classification.Preprocess(image_size=8, augment='none', channels=3,
+                                      convert_channels=True)
+  np.testing.assert_allclose(convert.eval({'image': grey, 'label': 0})['image'],
+                             np.full((8, 8, 3), 90 / 127.5 - 1), rtol=1e-6)
+  rgb[..., 0] = 100
+  to_grey = classification.Preprocess(image_size=8, augment='none', channels=1,
+                                      convert_channels=True)
+  np.testing.assert_allclose(to_grey.eval({'image': rgb, 'label': 0})['image'][0, 0, 0],
+                             30 / 127.5 - 1, rtol=1e-6)  # Luma: round(0.299 x 100).
 
 
 def _identity(example, rng=None):
@@ -121,7 +151,7 @@ def test_a_malformed_example_is_named(tmp_path):
       Image.new('L', (9, 7), 40 * i).save(tmp_path / 'train' / c / f'{i}.png')
   (tmp_path / 'train' / 'dog' / '1.png').write_bytes(b'not a png')
   source = classification.make_source('folder', 'train', str(tmp_path))
-  prep = classification.Preprocess(image_size=8, augment='none', channels=3)
+  prep = classification.Preprocess(image_size=8, augment='none', channels=1)
   bad = tmp_path / 'train' / 'dog' / '1.png'
   with pytest.raises(pipeline.MalformedExample,
                      match=f"Training image '{bad}' is malformed: UnidentifiedImageError"):
@@ -131,5 +161,5 @@ def test_a_malformed_example_is_named(tmp_path):
   mixed = [{'image': np.zeros((8, 8, c), np.uint8), 'label': 0} for c in (1, 1, 3, 1)]
   gray = classification.Preprocess(image_size=8, augment='none', channels=1)
   with pytest.raises(pipeline.MalformedExample, match='Evaluation example 2 is malformed: '
-                     'ValueError: Image has 3 channels; the model expects 1'):
+                     'UserError: Image has 3 channels; the model expects 1'):
     next(pipeline.eval_batches(mixed, gray.eval, 4))

@@ -5,7 +5,11 @@ Sources are random-access (`len`, `[i]` → {'image': uint8 [H, W, C], 'label': 
   (no download). Fixed split: stratified 80/20 with seed 0 → 1,437 train / 360 test.
 - 'tfds': any classification dataset already prepared in `data_dir` (array_record format),
   read with `tfds.data_source` (no TensorFlow needed).
-- 'folder': `data_dir/<split>/<class_name>/*.{jpg,jpeg,png}`.
+- 'folder': `data_dir/<split>/<class_name>/*.{jpg,jpeg,png}`; the labels are the training
+  split's sorted class names (saved in the workdir as classes.json), whatever folders another
+  split has.
+Images keep their own channels (grayscale 1, colour 3); Preprocess converts only when
+data.convert_channels is set.
 """
 import dataclasses
 import pathlib
@@ -14,6 +18,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from vit_jax import errors
 from vit_jax.data import tfds_source
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -30,7 +35,7 @@ class Digits:
     parts = model_selection.train_test_split(images, digits.target, test_size=0.2,
                                              random_state=0, stratify=digits.target)
     if split not in ('train', 'test'):
-      raise ValueError(f"Unknown split {split!r} for 'digits'; expected 'train' or 'test'.")
+      raise errors.UserError(f"Unknown split {split!r} for 'digits'; expected 'train' or 'test'.")
     self.images, self.labels = (parts[0], parts[2]) if split == 'train' else (parts[1], parts[3])
 
   def __len__(self):
@@ -57,19 +62,28 @@ class Tfds:
 
 
 class ImageFolder:
-  """`root/<split>/<class_name>/<image>`; classes are the sorted sub-folder names."""
+  """`root/<split>/<class_name>/<image>`. `classes`: the label of each class name (the
+  training split's); default: this split's sorted sub-folder names. A sub-folder that is not
+  one of `classes` is an error: its images would get another class's label."""
 
-  def __init__(self, root, split):
+  def __init__(self, root, split, classes=None):
     split_dir = pathlib.Path(root) / split
     if not split_dir.is_dir():
-      raise ValueError(f'Image folder split {str(split_dir)!r} does not exist; expected '
-                       f'{root}/{split}/<class_name>/*.jpg.')
-    self.classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    self.files = [(f, label) for label, c in enumerate(self.classes)
-                  for f in sorted((split_dir / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+      raise errors.UserError(f'Image folder split {str(split_dir)!r} does not exist; expected '
+                             f'{root}/{split}/<class_name>/*.jpg.')
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    self.classes = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(self.classes))
+    if unknown:
+      raise errors.UserError(
+          f'{str(split_dir)!r} has class folders {unknown} that the training classes '
+          f'{self.classes} lack; every split needs the same class names.')
+    label = {c: i for i, c in enumerate(self.classes)}
+    self.files = [(f, label[c]) for c in found for f in sorted((split_dir / c).iterdir())
+                  if f.suffix.lower() in IMAGE_SUFFIXES]
     if not self.files:
-      raise ValueError(f'No images found under {str(split_dir)!r} (looked for '
-                       f'<class_name>/*{{{",".join(IMAGE_SUFFIXES)}}}).')
+      raise errors.UserError(f'No images found under {str(split_dir)!r} (looked for '
+                             f'<class_name>/*{{{",".join(IMAGE_SUFFIXES)}}}).')
     self.num_classes = len(self.classes)
 
   def __len__(self):
@@ -81,17 +95,28 @@ class ImageFolder:
   def __getitem__(self, i):
     path, label = self.files[i]
     with Image.open(path) as image:
-      return {'image': np.asarray(image.convert('RGB')), 'label': label}
+      return {'image': read_pixels(image), 'label': label}
 
 
-def make_source(name, split, data_dir=None, **kwargs):
+def read_pixels(image):
+  """PIL image → uint8 [H, W, C] with its own channels: grayscale 1, colour 3 (palette and
+  alpha images become RGB, 16-bit grayscale is scaled to 8 bits)."""
+  if image.mode in ('I;16', 'I;16B', 'I'):
+    return (np.asarray(image, np.float64) / 256).clip(0, 255).astype(np.uint8)[..., None]
+  if image.mode in ('1', 'L', 'LA'):
+    return np.asarray(image.convert('L'))[..., None]
+  return np.asarray(image.convert('RGB'))
+
+
+def make_source(name, split, data_dir=None, classes=None, **kwargs):
+  """classes: for 'folder', the training classes (see ImageFolder)."""
   if name == 'digits':
     return Digits(split)
   if name == 'tfds':
     return Tfds(kwargs['tfds_name'], split, data_dir)
   if name == 'folder':
-    return ImageFolder(data_dir, split)
-  raise ValueError(f"Unknown data.name {name!r}; expected 'digits', 'tfds' or 'folder'.")
+    return ImageFolder(data_dir, split, classes)
+  raise errors.UserError(f"Unknown data.name {name!r}; expected 'digits', 'tfds' or 'folder'.")
 
 
 # Preprocessing: uint8 [H, W, C] → float32 [size, size, C] in [-1, 1].
@@ -161,16 +186,22 @@ class Preprocess:
   augment: str = 'inception_crop'  # or 'random_shift', 'random_affine', 'none'
   flip: bool = True
   channels: int = 3
+  convert_channels: bool = False  # Grayscale → RGB (repeated) or RGB → grayscale (luma).
 
   def _channels(self, image):
     if image.ndim == 2:
       image = image[..., None]
-    if image.shape[-1] == self.channels:
+    have = image.shape[-1]
+    if have == self.channels:
       return image
-    if image.shape[-1] == 1:
-      return np.repeat(image, self.channels, axis=-1)
-    raise ValueError(f'Image has {image.shape[-1]} channels; the model expects '
-                     f'{self.channels} (data.channels).')
+    if self.convert_channels and (have, self.channels) == (1, 3):
+      return np.repeat(image, 3, axis=-1)
+    if self.convert_channels and (have, self.channels) == (3, 1):
+      luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+      return np.round(luma).clip(0, 255).astype(np.uint8)[..., None]
+    raise errors.UserError(f'Image has {have} channels; the model expects {self.channels} '
+                           f'(data.channels={self.channels}). Set data.channels={have}, or '
+                           'data.convert_channels=True to convert between grayscale and RGB.')
 
   def train(self, example, rng):
     image = self._channels(example['image'])
@@ -183,8 +214,8 @@ class Preprocess:
     elif self.augment == 'none':
       image = _resize(image, self.image_size, self.image_size)
     else:
-      raise ValueError(f"Unknown data.augment {self.augment!r}; expected 'inception_crop', "
-                       "'random_shift', 'random_affine' or 'none'.")
+      raise errors.UserError(f"Unknown data.augment {self.augment!r}; expected 'inception_crop', "
+                             "'random_shift', 'random_affine' or 'none'.")
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {'image': _normalize(image), 'label': np.int32(example['label'])}

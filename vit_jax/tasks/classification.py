@@ -1,10 +1,12 @@
 """Image classification with a Vision Transformer: data, loss, metrics, fine-tuning."""
 import functools
+import json
 import os
 
 import jax
 import numpy as np
 
+from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
 from vit_jax.data import classification as data
@@ -15,8 +17,12 @@ from vit_jax.ops import rollout
 from vit_jax.tasks import base
 
 
+CLASSES = 'classes.json'  # Image folders: the class name of each label, saved in the workdir.
+
+
 class ClassificationTask(base.Task):
   head = ('head/',)
+  artifacts = (CLASSES,)
 
   def build_model(self):
     return sizes.build(vit.VisionTransformer, vit.decode_variant, self.config.model,
@@ -33,13 +39,31 @@ class ClassificationTask(base.Task):
   def _datasets(self):
     c = self.config.data
     extra = {'tfds_name': c.get('tfds_name')}
-    train = data.make_source(c.name, c.train_split, c.get('data_dir'), **extra)
-    evaluation = data.make_source(c.name, c.eval_split, c.get('data_dir'), **extra)
+    saved = self._saved_classes()
+    train = data.make_source(c.name, c.train_split, c.get('data_dir'), classes=saved, **extra)
+    classes = getattr(train, 'classes', None)  # Named classes (image folders).
+    evaluation = data.make_source(c.name, c.eval_split, c.get('data_dir'), classes=classes,
+                                  **extra)
     if train.num_classes != self.model.num_classes:
-      raise ValueError(f'model.num_classes={self.model.num_classes} but dataset {c.name!r} has '
-                       f'{train.num_classes} classes.')
-    preprocess = data.Preprocess(c.image_size, c.augment, c.flip, c.channels)
+      raise errors.UserError(
+          f'model.num_classes={self.model.num_classes} but dataset {c.name!r} has '
+          f'{train.num_classes} classes; set --config.model.num_classes={train.num_classes}.')
+    if classes is not None and self.workdir and jax.process_index() == 0:
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(os.path.join(self.workdir, CLASSES), 'w') as f:
+        json.dump(classes, f, indent=0)
+    preprocess = data.Preprocess(c.image_size, c.augment, c.flip, c.channels,
+                                 c.get('convert_channels', False))
     return base.Datasets(train, evaluation, preprocess)
+
+  def _saved_classes(self):
+    """The class names the workdir's checkpoints were trained with (resuming), so that a
+    label always means the class it meant in training."""
+    path = os.path.join(self.workdir, CLASSES) if self.workdir else None
+    if path and os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    return None
 
   def dummy_batch(self, batch_size):
     c = self.config.data
@@ -83,8 +107,8 @@ class ClassificationTask(base.Task):
   def attention_maps(self, params, images):
     """(class probabilities [B, C], attention rollout of the class token [B, rows, cols])."""
     if self.model.classifier != 'token':
-      raise ValueError("Attention rollout follows the class token; model.classifier='gap' "
-                       'has none.')
+      raise errors.UserError("Attention rollout follows the class token; model.classifier='gap' "
+                             'has none.')
     probs, aux = jax.device_get(self.predict(params, images, return_attention=True))
     return probs, rollout.class_token_map(rollout.attention_rollout(aux['attention']),
                                           aux['grid'])
