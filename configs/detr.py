@@ -18,7 +18,7 @@ from configs import common
 
 
 def get_config(arg=''):
-  args = [a for a in arg.split(',') if a]
+  args = common.parse_args(arg, ['tiny', 'r50'])
   c = common.trainer_config()
   c.task = 'detection'
   c.model = ml_collections.ConfigDict(dict(

@@ -36,8 +36,11 @@ def test_coco_loader_maps_categories_drops_crowd_and_clips(tmp_path, caplog):
 
 @pytest.mark.parametrize('annotation,message', [
     ({'id': 5, 'image_id': 7, 'category_id': 3, 'bbox': [1, 1, -2, 3]},
-     r'annotation 5 \(image 7\): bbox must be \[x, y, width, height\] with width, height ≥ 0, '
-     r'got \[1, 1, -2, 3\]'),
+     r'annotation 5 \(image 7\): bbox must be \[x, y, width, height\] of finite numbers with '
+     r'width, height ≥ 0, got \[1, 1, -2, 3\]'),
+    ({'id': 4, 'image_id': 7, 'category_id': 3, 'bbox': [float('nan'), 1, 2, 3]},
+     r'annotation 4 \(image 7\): bbox must be \[x, y, width, height\] of finite numbers .*'
+     r'got \[nan, 1, 2, 3\]'),
     ({'id': 6, 'image_id': 7, 'category_id': 4, 'bbox': [1, 1, 2, 3]},
      r'annotation 6 \(image 7\) has category_id 4; the file defines \[3, 9\]'),
     ({'id': 8, 'image_id': 70, 'category_id': 3, 'bbox': [1, 1, 2, 3]},
@@ -62,6 +65,10 @@ def test_missing_or_malformed_annotation_files(tmp_path):
   (tmp_path / 'annotations' / 'instances_y.json').write_text('{"images": []}')
   with pytest.raises(ValueError, match=r"lacks \['annotations', 'categories'\]"):
     detection.Coco(str(tmp_path), 'y')
+  write_coco(tmp_path, [], split='z')
+  with pytest.raises(ValueError, match=r'instances_z.json has no annotations: nothing to train '
+                                       r'on and no ground truth to evaluate against'):
+    detection.Coco(str(tmp_path), 'z')
 
 
 def test_shapes_are_deterministic_coco_files(tmp_path):

@@ -13,6 +13,7 @@ Sources are random-access: `[i]` → {'image': uint8 [H, W, 3], 'boxes': float32
 """
 import functools
 import json
+import math
 import os
 import pathlib
 
@@ -20,6 +21,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from vit_jax import errors
 from vit_jax.data import tfds_source
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # ImageNet statistics, as in DETR.
@@ -34,19 +36,19 @@ class Coco:
     self.annotation_path = root / 'annotations' / f'instances_{split}.json'
     self.image_dir = root / split
     if not self.annotation_path.exists():
-      raise ValueError(f'No COCO annotations for split {split!r}: expected '
-                       f'{self.annotation_path}.')
+      raise errors.UserError(f'No COCO annotations for split {split!r}: expected '
+                             f'{self.annotation_path}.')
     try:
       with open(self.annotation_path) as f:
         self.coco = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f'{self.annotation_path} is not valid JSON: {e}') from None
+      raise errors.UserError(f'{self.annotation_path} is not valid JSON: {e}') from None
     missing = [k for k in ('images', 'annotations', 'categories') if k not in self.coco]
     if missing:
-      raise ValueError(f'{self.annotation_path} lacks {missing}; a COCO file needs "images", '
-                       '"annotations" and "categories".')
+      raise errors.UserError(f'{self.annotation_path} lacks {missing}; a COCO file needs "images", '
+                             '"annotations" and "categories".')
     if not self.coco['images'] or not self.coco['categories']:
-      raise ValueError(f'{self.annotation_path} has no images or no categories.')
+      raise errors.UserError(f'{self.annotation_path} has no images or no categories.')
     self.images = sorted(self.coco['images'], key=lambda im: im['id'])
     cats = sorted(self.coco['categories'], key=lambda c: c['id'])
     self.category_ids = [c['id'] for c in cats]
@@ -59,21 +61,28 @@ class Coco:
       bbox = ann.get('bbox')
       where = f'{self.annotation_path}: annotation {ann.get("id")} (image {ann.get("image_id")})'
       if ann.get('image_id') not in self.targets:
-        raise ValueError(f'{where} refers to an image that is not in "images".')
+        raise errors.UserError(f'{where} refers to an image that is not in "images".')
       if ann.get('category_id') not in label_of:
-        raise ValueError(f'{where} has category_id {ann.get("category_id")!r}; the file '
-                         f'defines {self.category_ids}.')
-      if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
-        raise ValueError(f'{where}: bbox must be [x, y, width, height] with width, height '
-                         f'≥ 0, got {bbox!r}.')
+        raise errors.UserError(f'{where} has category_id {ann.get("category_id")!r}; the file '
+                               f'defines {self.category_ids}.')
+      if not (isinstance(bbox, list) and len(bbox) == 4 and
+              all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox) and
+              bbox[2] >= 0 and bbox[3] >= 0):
+        raise errors.UserError(f'{where}: bbox must be [x, y, width, height] of finite numbers '
+                               f'with width, height ≥ 0, got {bbox!r}.')
       x, y, w, h = bbox
       width, height = size_of[ann['image_id']]
       if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0) and w * h:
-        raise ValueError(f'{where}: bbox {bbox} lies outside the {width}x{height} image.')
+        raise errors.UserError(f'{where}: bbox {bbox} lies outside the {width}x{height} image.')
       if not w * h:  # COCO 2017 train has two; DETR drops them too.
         degenerate.append(where)
       if not ann.get('iscrowd', 0):
         self.targets[ann['image_id']].append((bbox, label_of[ann['category_id']]))
+    if not self.coco['annotations']:
+      raise errors.UserError(
+          f'{self.annotation_path} has no annotations: nothing to train on and no ground truth '
+          'to evaluate against (COCO AP would be -1). Check that the split has its instances '
+          'file, not an image-info-only one.')
     if degenerate:
       logging.warning('%d boxes with zero width or height will be dropped, e.g. %s.',
                       len(degenerate), degenerate[0])
@@ -87,10 +96,10 @@ class Coco:
     try:
       image = np.asarray(Image.open(path).convert('RGB'))
     except (OSError, ValueError) as e:
-      raise ValueError(f'Image {info["id"]} ({path}) cannot be read: {e}') from None
+      raise errors.UserError(f'Image {info["id"]} ({path}) cannot be read: {e}') from None
     if image.shape[:2] != (info['height'], info['width']):
-      raise ValueError(f'Image {info["id"]} ({path}) is {image.shape[1]}x{image.shape[0]} '
-                       f'but the annotations say {info["width"]}x{info["height"]}.')
+      raise errors.UserError(f'Image {info["id"]} ({path}) is {image.shape[1]}x{image.shape[0]} '
+                             f'but the annotations say {info["width"]}x{info["height"]}.')
     boxes = np.array([[x, y, x + w, y + h] for (x, y, w, h), _ in self.targets[info['id']]],
                      np.float32).reshape(-1, 4)
     labels = np.array([label for _, label in self.targets[info['id']]], np.int32)
@@ -298,8 +307,8 @@ class Preprocess:
   def _finish(self, example, image, boxes, labels):
     h, w = image.shape[:2]
     if len(boxes) > self.max_boxes:
-      raise ValueError(f'Image {example["image_id"]} has {len(boxes)} boxes, more than '
-                       f'data.max_boxes={self.max_boxes}.')
+      raise errors.UserError(f'Image {example["image_id"]} has {len(boxes)} boxes, more than '
+                             f'data.max_boxes={self.max_boxes}.')
     padded = np.zeros((self.canvas, self.canvas, 3), np.float32)
     padded[:h, :w] = (image.astype(np.float32) / 255.0 - MEAN) / STD
     pixel_mask = np.zeros((self.canvas, self.canvas), bool)

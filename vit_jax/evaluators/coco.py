@@ -29,6 +29,7 @@ def evaluate(ground_truth, detections, verbose=False):
     coco_eval.evaluate()
     coco_eval.accumulate()
     coco_eval.summarize()
-  if verbose:
-    print(output.getvalue().split('Accumulating')[-1].split('DONE')[-1].strip())
+  if verbose:  # Through the progress bar's writer, so the table keeps its own lines.
+    import tqdm
+    tqdm.tqdm.write(output.getvalue().split('Accumulating')[-1].split('DONE')[-1].strip())
   return dict(zip(NAMES, np.asarray(coco_eval.stats[:6], float).tolist()))

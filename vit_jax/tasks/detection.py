@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import errors
 from vit_jax import losses
 from vit_jax.data import detection as data
 from vit_jax.data import pipeline
@@ -33,8 +34,9 @@ def make_source(c, split):
     return data.Coco(c.data_dir, split)
   if c.name == 'tfds':
     return data.Tfds(c.tfds_name, split, c.data_dir)
-  raise ValueError(f"Unknown data.name {c.name!r} for detection; expected 'shapes', 'coco' or "
-                   "'tfds'.")
+  raise errors.UserError(
+      f"Unknown data.name {c.name!r} for detection; expected 'shapes', 'coco' or "
+      "'tfds'.")
 
 
 def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1.0,
@@ -124,8 +126,8 @@ class DetectionTask(base.Task):
     c = self.config.data
     train, evaluation = make_source(c, c.train_split), make_source(c, c.eval_split)
     if train.categories != evaluation.categories:
-      raise ValueError(f'The {c.train_split!r} and {c.eval_split!r} splits have different '
-                       f'categories: {train.categories} vs {evaluation.categories}.')
+      raise errors.UserError(f'The {c.train_split!r} and {c.eval_split!r} splits have different '
+                             f'categories: {train.categories} vs {evaluation.categories}.')
     return train, evaluation
 
   def build_model(self):
@@ -134,11 +136,11 @@ class DetectionTask(base.Task):
     m, c = dict(self.config.model), self.config.data
     num_classes = len(self.sources[0].categories)
     if m.pop('num_classes') not in (None, num_classes):
-      raise ValueError(f'model.num_classes={self.config.model.num_classes} but the data has '
-                       f'{num_classes} categories.')
+      raise errors.UserError(f'model.num_classes={self.config.model.num_classes} but the data has '
+                             f'{num_classes} categories.')
     if m['num_queries'] < c.max_boxes:
-      raise ValueError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
-                       f'{c.max_boxes}: every target needs a query.')
+      raise errors.UserError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
+                             f'{c.max_boxes}: every target needs a query.')
     return detr.DETR(num_classes=num_classes, **m, compute=base.compute_options(self.config))
 
   def model_dim(self):
@@ -216,10 +218,12 @@ class DetectionTask(base.Task):
                                     return_attention=return_attention)
     return postprocess(outputs['logits'][-1], outputs['boxes'][-1]) + (aux,)
 
-  def write_plots(self, params, workdir, num_images=4, threshold=0.7):
+  def write_plots(self, params, workdir, num_images=4, threshold=0.7, top_k=3):
     """detections.png (boxes on eval images); for the objects found in the first image,
     detr_attention.png (where each object's query looks in the last decoder layer) and
-    encoder_attention.png (encoder self-attention from each object's centre)."""
+    encoder_attention.png (encoder self-attention from each object's centre). Objects are
+    the boxes scoring over `threshold`; in an image with none (an undertrained model), the
+    `top_k` best, marked '(top)', so the pictures are always drawn."""
     from vit_jax import plots
     _, source, preprocess = self.datasets()
     examples = [source[i] for i in range(min(num_images, len(source)))]
@@ -231,11 +235,14 @@ class DetectionTask(base.Task):
     for e, s, lab, b in zip(examples, scores, labels, boxes):
       h, w = e['image'].shape[:2]
       keep = np.flatnonzero(s > threshold)
+      mark = ''
+      if not len(keep):
+        keep, mark = np.argsort(-s)[:top_k], ' (top)'
       kept.append(keep)
       panels.append((e['image'], b[keep] * [w, h, w, h],
-                     [f'{names[lab[q]]} {s[q]:.2f}' for q in keep]))
+                     [f'{names[lab[q]]} {s[q]:.2f}{mark}' for q in keep]))
     paths = [plots.detections(panels, os.path.join(workdir, 'detections.png'),
-                              f'Predicted boxes (score > {threshold})')]
+                              f'Predicted boxes (score > {threshold}, else the top {top_k})')]
     cross = aux['decoder_attention'][-1]['cross'][0].mean(0)  # [Q, h*w], first image.
     fh, fw = aux['feature_mask'].shape[1:]
     valid = aux['feature_mask'][0]
