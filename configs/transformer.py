@@ -18,7 +18,7 @@ from configs import common
 
 
 def get_config(arg=''):
-  args = [a for a in arg.split(',') if a]
+  args = common.parse_args(arg, ['tiny', 'dates', 'pack', 'spm', 'small', 'base', 'big'])
   c = common.trainer_config()
   c.task = 'translation'
   c.label_smoothing = 0.1
@@ -33,7 +33,8 @@ def get_config(arg=''):
       name='numbers', data_dir='', tfds_name='', source_lang='en', target_lang='de',
       max_value=9999, locale='es', num_dates=20000, train_split='train', eval_split='test',
       max_source_length=48, max_target_length=44, pack=False, tokenizer='char',
-      vocab_size=8000, tokenizer_examples=100_000, num_threads=2))
+      vocab_size=8000, tokenizer_examples=100_000, num_threads=2,
+      too_long='error'))  # A pair over the max lengths: 'error', 'drop' it or 'truncate' it.
   c.bleu_tokenize = 'char'  # sacreBLEU tokenizer: German number words are single words.
   c.total_steps = 1000
   c.batch_size = 64
@@ -61,7 +62,7 @@ def get_config(arg=''):
     c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
     c.optim.warmup_steps = 10
-  for variant in ('base', 'big'):
+  for variant in ('small', 'base', 'big'):
     if variant in args:
       c.model.variant = variant
   return c

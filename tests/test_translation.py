@@ -121,9 +121,34 @@ def test_encode_shifts_targets_and_names_overlong_examples():
   b, a = tok.encode('ba')
   np.testing.assert_array_equal(out['target_in'], [tokenizers.BOS, b, a, 0])
   np.testing.assert_array_equal(out['target_out'], [b, a, tokenizers.EOS, 0])
-  with pytest.raises(ValueError, match=r"Example 7: the target has 6 tokens, more than "
-                                       r"data.max_target_length=4: 'ababa'"):
+  with pytest.raises(ValueError, match=r"the target has 6 tokens, more than "
+                                       r"data.max_target_length=4: 'ababa'\. Raise "
+                                       r"data.max_target_length, or set data.too_long to 'drop' "
+                                       r"or 'truncate'"):
     encode({'source': 'ab', 'target': 'ababa', 'index': 7})
+  truncate = translation.Encode(tok, 4, 4, too_long='truncate')
+  out = truncate({'source': 'ababab', 'target': 'ababa', 'index': 7})
+  np.testing.assert_array_equal(out['source'], tok.encode('abab'))
+  np.testing.assert_array_equal(out['target_out'], tok.encode('abab'))  # Cut: no EOS.
+
+
+def test_overlong_pairs_fail_at_start_up_by_file_line_or_are_dropped(tmp_path):
+  data = tmp_path / 'data'
+  data.mkdir()
+  (data / 'train.tsv').write_text('eins\tone\n\nzwei\ttwo\n' + 'drei ' * 20 + '\tthree\n')
+  (data / 'test.tsv').write_text('eins\tone\n')
+  config = transformer_config.get_config('tiny')
+  config.update_from_flattened_dict({'data.name': 'files', 'data.data_dir': str(data),
+                                     'total_steps': 2, 'eval_every': 2})
+  with pytest.raises(ValueError, match=r"Training pair .*train.tsv:4 is malformed: UserError: "
+                                       r"the source has 100 tokens, more than "
+                                       r"data.max_source_length=48"):
+    train.train_and_evaluate(config, str(tmp_path / 'error'))
+  assert not (tmp_path / 'error' / 'checkpoints').exists()  # Before any training.
+  config.data.too_long = 'drop'
+  _, result = train.train_and_evaluate(config, str(tmp_path / 'drop'))
+  task = task_lib.TranslationTask(config, str(tmp_path / 'drop'))
+  assert len(task.sources[0]) == 2 and result['count'] == 1
 
 
 def test_loss_is_normalised_by_real_target_tokens():
@@ -158,14 +183,16 @@ def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
   for beam_size in (1, 3):
     out = trainer.task.translate_texts(restored['params'], ['twenty-four', 'seven'], beam_size)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
-  # The same through main.py, its settings in the config.
-  (tmp_path / 'input.txt').write_text('twenty-four\n\nseven\n')
+  # The same through main.py with the workdir alone (its config.json), settings overridden;
+  # a character the vocabulary lacks is named.
+  (tmp_path / 'input.txt').write_text('twenty-four\n\nseven\n#%\n')
   command = subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/transformer.py:tiny', f'--workdir={tmp_path}',
-       '--mode=translate', f'--config.translate.input={tmp_path / "input.txt"}',
-       '--config.translate.beam_size=3'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+      [sys.executable, 'main.py', f'--workdir={tmp_path}', '--mode=translate',
+       f'--config.translate.input={tmp_path / "input.txt"}', '--config.translate.beam_size=3'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert command.returncode == 0, command.stderr[-2000:]
-  assert command.stdout.splitlines() == out
+  assert command.stdout.splitlines()[:2] == out
+  assert "Input 3: the vocabulary lacks '#', '%'; they become <unk>." in command.stderr
 
   # A tokenizer that does not belong to the checkpoint, and a config that contradicts it.
   path = tmp_path / 'tokenizer.json'

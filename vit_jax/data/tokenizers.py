@@ -4,6 +4,8 @@ import base64
 import io
 import json
 
+from vit_jax import errors
+
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ['<pad>', '<s>', '</s>', '<unk>']
 
@@ -38,6 +40,10 @@ class CharTokenizer:
 
   def encode(self, text):
     return [self.index.get(c, UNK) for c in text]
+
+  def unknown_characters(self, text):
+    """The characters of `text` that encode to <unk>, sorted, each once."""
+    return sorted(set(text) - set(self.index))
 
   def decode(self, ids):
     """Stops at EOS; drops padding and BOS; UNK shows as '?'."""
@@ -78,6 +84,10 @@ class SentencePieceTokenizer:
   def encode(self, text):
     return self.processor.encode(text)
 
+  def unknown_characters(self, text):
+    """The characters of `text` that encode to <unk>, sorted, each once."""
+    return sorted(c for c in set(text) - {' '} if UNK in self.processor.encode(c))
+
   def decode(self, ids):
     return self.processor.decode(_strip(ids))
 
@@ -93,7 +103,7 @@ TOKENIZERS = {'char': CharTokenizer, 'sentencepiece': SentencePieceTokenizer}
 
 def train(kind, texts, vocab_size=None):
   if kind not in TOKENIZERS:
-    raise ValueError(f'Unknown tokenizer {kind!r}; expected one of {sorted(TOKENIZERS)}.')
+    raise errors.UserError(f'Unknown tokenizer {kind!r}; expected one of {sorted(TOKENIZERS)}.')
   return TOKENIZERS[kind].train(texts, vocab_size)
 
 
@@ -110,5 +120,5 @@ def load(path):
     return CharTokenizer(spec['chars'])
   if kind == 'sentencepiece':
     return SentencePieceTokenizer(base64.b64decode(spec['model']))
-  raise ValueError(f'{path}: unknown tokenizer type {kind!r}; expected one of '
-                   f'{sorted(TOKENIZERS)}.')
+  raise errors.UserError(f'{path}: unknown tokenizer type {kind!r}; expected one of '
+                         f'{sorted(TOKENIZERS)}.')

@@ -14,6 +14,8 @@ import datetime
 
 import numpy as np
 
+from vit_jax import errors
+from vit_jax.data import pipeline
 from vit_jax.data import tfds_source
 from vit_jax.data import tokenizers
 
@@ -22,7 +24,7 @@ SPLITS = {'train': (0.0, 0.8), 'validation': (0.8, 0.9), 'test': (0.9, 1.0)}
 
 def _split_values(values, split, name, seed):
   if split not in SPLITS:
-    raise ValueError(f'Unknown split {split!r} for {name!r}; expected one of {list(SPLITS)}.')
+    raise errors.UserError(f'Unknown split {split!r} for {name!r}; expected one of {list(SPLITS)}.')
   values = np.random.default_rng(seed).permutation(values)
   lo, hi = (int(round(f * len(values))) for f in SPLITS[split])
   return values[lo:hi]
@@ -60,8 +62,9 @@ class Dates(Pairs):
     first = datetime.date(first_year, 1, 1).toordinal()
     days = datetime.date(last_year, 12, 31).toordinal() - first + 1
     if not 10 <= num_dates <= days:
-      raise ValueError(f'data.num_dates={num_dates} must be between 10 and the {days} days of '
-                       f'{first_year}..{last_year}.')
+      raise errors.UserError(
+          f'data.num_dates={num_dates} must be between 10 and the {days} days of '
+          f'{first_year}..{last_year}.')
     rng = np.random.default_rng(seed)
     chosen = rng.choice(days, num_dates, replace=False) + first
     styles = dict(zip(chosen.tolist(), rng.choice(self.STYLES, num_dates).tolist()))
@@ -81,7 +84,8 @@ class Tfds:
     languages = sorted(info.features.keys())
     for lang in (source_lang, target_lang):
       if lang not in languages:
-        raise ValueError(f'TFDS dataset {name!r} has no language {lang!r}; it has {languages}.')
+        raise errors.UserError(
+            f'TFDS dataset {name!r} has no language {lang!r}; it has {languages}.')
     self.source_lang, self.target_lang = source_lang, target_lang
 
   def __len__(self):
@@ -104,11 +108,11 @@ class ParallelFile(Pairs):
     paths = [pathlib.Path(data_dir) / f'{split}.{ext}' for ext in ('tsv', 'jsonl')]
     path = next((p for p in paths if p.exists()), None)
     if path is None:
-      raise ValueError(f'No parallel file for split {split!r}: expected {paths[0]} or '
-                       f'{paths[1]}.')
+      raise errors.UserError(f'No parallel file for split {split!r}: expected {paths[0]} or '
+                             f'{paths[1]}.')
     expected = ('source<TAB>target' if path.suffix == '.tsv' else
                 'a JSON object with "source" and "target"')
-    self.pairs = []
+    self.path, self.pairs, self.lines = path, [], []
     with open(path, encoding='utf-8') as f:
       for number, line in enumerate(f, 1):
         if not line.strip():
@@ -120,11 +124,31 @@ class ParallelFile(Pairs):
             row = json.loads(line)
             source, target = row['source'], row['target']
         except (ValueError, KeyError, TypeError) as e:
-          raise ValueError(f'{path}:{number}: expected {expected}, got {line.strip()[:80]!r} '
-                           f'({e!r})') from None
+          raise errors.UserError(f'{path}:{number}: expected {expected}, got {line.strip()[:80]!r} '
+                                 f'({e!r})') from None
         self.pairs.append((source, target))
+        self.lines.append(number)
     if not self.pairs:
-      raise ValueError(f'{path} holds no sentence pairs.')
+      raise errors.UserError(f'{path} holds no sentence pairs.')
+
+  def describe(self, i):
+    return f'pair {self.path}:{self.lines[i]}'  # The file's 1-based line number.
+
+
+class Subset:
+  """The examples of `source` at `indices` (e.g. those that fit the maximum lengths)."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, list(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[self.indices[i]]
+
+  def describe(self, i):
+    return pipeline.describe(self.source, self.indices[i])
 
 
 def sample_texts(source, limit):
@@ -136,33 +160,58 @@ def sample_texts(source, limit):
     yield example['target']
 
 
-def pad_tokens(ids, length, side, example):
-  """ids padded to `length`; an over-long example is an error naming it."""
-  if len(ids) > length:
-    raise ValueError(f'Example {example.get("index")}: the {side} has {len(ids)} tokens, more '
-                     f'than data.max_{side}_length={length}: {example[side]!r}')
+TOO_LONG = ('error', 'drop', 'truncate')
+
+
+def pad_tokens(ids, length):
   return np.asarray(ids + [tokenizers.PAD] * (length - len(ids)), np.int32)
 
 
 class Encode:
-  """Text pair → fixed-length int32 arrays: source, target_in (BOS + y), target_out (y + EOS)."""
+  """Text pair → fixed-length int32 arrays: source, target_in (BOS + y), target_out (y + EOS).
 
-  def __init__(self, tokenizer, max_source_length, max_target_length):
+  too_long: what a pair longer than max_source_length / max_target_length tokens gets:
+  'error' (naming it), or 'truncate' (cut to the maximum; the target then has no EOS).
+  'drop' is decided on the whole split (TranslationTask), so here it is an error too.
+  """
+
+  def __init__(self, tokenizer, max_source_length, max_target_length, too_long='error'):
+    if too_long not in TOO_LONG:
+      raise errors.UserError(f'Unknown data.too_long={too_long!r}; expected one of {TOO_LONG}.')
     self.tokenizer = tokenizer
     self.max_source_length, self.max_target_length = max_source_length, max_target_length
+    self.too_long = too_long
+
+  def lengths(self, example):
+    """(source tokens, target tokens + EOS)."""
+    return (len(self.tokenizer.encode(example['source'])),
+            len(self.tokenizer.encode(example['target'])) + 1)
+
+  def fits(self, example):
+    source, target = self.lengths(example)
+    return source <= self.max_source_length and target <= self.max_target_length
 
   def tokens(self, example):
-    """→ (source ids, target ids + EOS), unpadded."""
-    return (self.tokenizer.encode(example['source']),
-            self.tokenizer.encode(example['target']) + [tokenizers.EOS])
+    """→ (source ids, target ids + EOS), unpadded, within the maximum lengths."""
+    src = self.tokenizer.encode(example['source'])
+    tgt = self.tokenizer.encode(example['target']) + [tokenizers.EOS]
+    if self.too_long == 'truncate':
+      return src[:self.max_source_length], tgt[:self.max_target_length]
+    for side, ids, length in (('source', src, self.max_source_length),
+                              ('target', tgt, self.max_target_length)):
+      if len(ids) > length:
+        raise errors.UserError(
+            f'the {side} has {len(ids)} tokens, more than data.max_{side}_length={length}: '
+            f'{example[side]!r}. Raise data.max_{side}_length, or set data.too_long to '
+            "'drop' or 'truncate'.")
+    return src, tgt
 
   def __call__(self, example, rng=None):
     src, tgt = self.tokens(example)
     return {
-        'source': pad_tokens(src, self.max_source_length, 'source', example),
-        'target_in': pad_tokens([tokenizers.BOS] + tgt[:-1], self.max_target_length, 'target',
-                                example),
-        'target_out': pad_tokens(tgt, self.max_target_length, 'target', example),
+        'source': pad_tokens(src, self.max_source_length),
+        'target_in': pad_tokens([tokenizers.BOS] + tgt[:-1], self.max_target_length),
+        'target_out': pad_tokens(tgt, self.max_target_length),
         'index': np.int32(example['index']),
     }
 
@@ -173,17 +222,15 @@ class Packed:
 
   Packed once, first-fit over up to `open_rows` partly filled rows, in an order shuffled with
   `seed`; the trainer then shuffles the rows every epoch. Each row is one training "example".
+  Not grain's FirstFitPackIterDataset: that packs a stream (an IterDataset, so resuming needs
+  iterator state in the checkpoint instead of batch s = f(seed, s)), and it emits all its bins
+  whenever a pair fits none of them, so its rows are not these.
   """
 
   def __init__(self, source, encode, seed=0, open_rows=16):
     self.encode = encode
-    self.tokens = []
-    for i in range(len(source)):
-      example = source[i]
-      src, tgt = encode.tokens(example)
-      pad_tokens(src, encode.max_source_length, 'source', example)  # Length checks.
-      pad_tokens(tgt, encode.max_target_length, 'target', example)
-      self.tokens.append((src, tgt))
+    self.tokens = [pipeline.call_naming(source, i, 'Training', encode.tokens, source[i])
+                   for i in range(len(source))]
     self.rows, partial = [], []  # partial: [source used, target used, members]
     for i in np.random.default_rng(seed).permutation(len(self.tokens)).tolist():
       s, t = (len(x) for x in self.tokens[i])

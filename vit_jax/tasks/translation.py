@@ -3,11 +3,14 @@ import functools
 import os
 import sys
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import sacrebleu
+import tqdm
 
+from vit_jax import errors
 from vit_jax import losses
 from vit_jax.data import pipeline
 from vit_jax.data import tokenizers
@@ -27,15 +30,16 @@ def make_source(c, split):
     return data.ParallelFile(c.data_dir, split)
   if c.name == 'tfds':
     return data.Tfds(c.tfds_name, split, c.data_dir, c.source_lang, c.target_lang)
-  raise ValueError(f"Unknown data.name {c.name!r} for translation; expected 'numbers', "
-                   "'dates', 'files' or 'tfds'.")
+  raise errors.UserError(f"Unknown data.name {c.name!r} for translation; expected 'numbers', "
+                         "'dates', 'files' or 'tfds'.")
 
 
 class Preprocess(data.Encode):
   """Evaluation encodes one pair a row; training does too, unless the rows come packed."""
 
-  def __init__(self, tokenizer, max_source_length, max_target_length, packed=False):
-    super().__init__(tokenizer, max_source_length, max_target_length)
+  def __init__(self, tokenizer, max_source_length, max_target_length, too_long='error',
+               packed=False):
+    super().__init__(tokenizer, max_source_length, max_target_length, too_long)
     self.packed = packed
 
   def train(self, example, rng):
@@ -60,10 +64,32 @@ class TranslationTask(base.Task):
     return self.model.hidden_size
 
   @functools.cached_property
-  def sources(self):
+  def raw_sources(self):
     """(train, eval) sentence-pair sources, generated or read on first use."""
     c = self.config.data
     return make_source(c, c.train_split), make_source(c, c.eval_split)
+
+  @functools.cached_property
+  def sources(self):
+    """raw_sources without the pairs over the maximum lengths when data.too_long='drop'."""
+    if self.config.data.get('too_long', 'error') != 'drop':
+      return self.raw_sources
+    encode = self.encoder()
+    kept = []
+    for split, source in zip(('train', 'eval'), self.raw_sources):
+      fits = [i for i in range(len(source)) if encode.fits(source[i])]
+      if len(fits) < len(source):
+        logging.warning("data.too_long='drop': dropped %d of the %d %s pairs longer than "
+                        'data.max_source_length / max_target_length.', len(source) - len(fits),
+                        len(source), split)
+      kept.append(data.Subset(source, fits) if len(fits) < len(source) else source)
+    return tuple(kept)
+
+  def encoder(self, packed=False):
+    c = self.config.data
+    too_long = c.get('too_long', 'error')
+    return Preprocess(self.tokenizer, c.max_source_length, c.max_target_length,
+                      'error' if too_long == 'drop' else too_long, packed)
 
   @functools.cached_property
   def tokenizer(self):
@@ -81,7 +107,7 @@ class TranslationTask(base.Task):
       tokenizer = self._checked(tokenizers.load(beside), beside)
       self.tokenizer_path = beside
     else:
-      texts = data.sample_texts(self.sources[0], c.tokenizer_examples)
+      texts = data.sample_texts(self.raw_sources[0], c.tokenizer_examples)
       tokenizer = tokenizers.train(c.tokenizer, texts, c.vocab_size)
     if path and jax.process_index() == 0:
       os.makedirs(self.workdir, exist_ok=True)
@@ -94,7 +120,7 @@ class TranslationTask(base.Task):
     c = self.config.data
     kind = tokenizer.to_json()['type']
     if kind != c.tokenizer or (kind == 'sentencepiece' and tokenizer.vocab_size > c.vocab_size):
-      raise ValueError(
+      raise errors.UserError(
           f'{path} is a {kind} tokenizer of {tokenizer.vocab_size} tokens, but the config '
           f'asks for data.tokenizer={c.tokenizer!r}, data.vocab_size={c.vocab_size}. The '
           'checkpoints trained with it need the same settings: use them, or a new --workdir.')
@@ -112,11 +138,25 @@ class TranslationTask(base.Task):
   def _datasets(self):
     c = self.config.data
     train, evaluation = self.sources
-    preprocess = Preprocess(self.tokenizer, c.max_source_length, c.max_target_length,
-                            packed=c.pack)
+    preprocess = self.encoder(packed=c.pack)
     if c.pack:
       train = data.Packed(train, preprocess, seed=self.config.seed)
     return base.Datasets(train, evaluation, preprocess)
+
+  def check_data(self, datasets):
+    """Every pair of both splits encoded once (packed rows are checked as they are packed):
+    an over-long pair fails here, named by its file and line, before training starts. With
+    data.too_long='truncate' the number of truncated pairs is reported instead."""
+    encode = self.encoder()
+    threads = self.config.data.num_threads
+    for what, source in (('Training', self.sources[0]), ('Evaluation', self.sources[1])):
+      pipeline.check_all(source, encode.eval, what, num_threads=threads,
+                         desc=f'checking {what.lower()} data')
+      if encode.too_long == 'truncate':
+        cut = sum(not encode.fits(source[i]) for i in range(len(source)))
+        if cut:
+          logging.warning("data.too_long='truncate': %d of the %d %s pairs are truncated.",
+                          cut, len(source), what.lower())
 
   def dummy_batch(self, batch_size):
     c = self.config.data
@@ -170,29 +210,38 @@ class TranslationTask(base.Task):
     references = [source[int(i)]['target'] for i in outputs['index']]
     bleu_metric = sacrebleu.metrics.BLEU(tokenize=self.config.get('bleu_tokenize', '13a'))
     bleu = bleu_metric.corpus_score(hypotheses, [references])
-    if jax.process_index() == 0:
-      print(f'sacreBLEU {bleu.score:.2f}, signature: {bleu_metric.get_signature()}')
+    if jax.process_index() == 0:  # Through the progress bar, so it stays on its own line.
+      tqdm.tqdm.write(f'sacreBLEU {bleu.score:.2f}, signature: {bleu_metric.get_signature()}')
     chrf = sacrebleu.metrics.CHRF().corpus_score(hypotheses, [references])
     return {'bleu': bleu.score, 'chrf': chrf.score}
 
   def translate_texts(self, params, texts, beam_size=1, alpha=0.6, batch_size=64):
     """Plain strings in, translations out (the --mode=translate command)."""
     length = self.config.data.max_source_length
+    truncate = self.config.data.get('too_long', 'error') == 'truncate'
+    rows = []
+    for number, text in enumerate(texts, 1):
+      unknown = self.tokenizer.unknown_characters(text)
+      if unknown:
+        logging.warning('Input %d: the vocabulary lacks %s; they become <unk>.', number,
+                        ', '.join(repr(c) for c in unknown))
+      ids = self.tokenizer.encode(text)
+      if len(ids) > length and not truncate:
+        raise errors.UserError(
+            f'Input {number} has {len(ids)} tokens, more than data.max_source_length='
+            f"{length}: {text!r}. Shorten it, or set --config.data.too_long=truncate.")
+      rows.append(data.pad_tokens(ids[:length], length))
     run = jax.jit(lambda p, s: self.translate(p, s, beam_size, alpha))
     out = []
-    for start in range(0, len(texts), batch_size):
-      chunk = texts[start:start + batch_size]
-      source = np.stack([data.pad_tokens(self.tokenizer.encode(t), length, 'source',
-                                         {'index': start + i, 'source': t})
-                         for i, t in enumerate(chunk)])
+    for start in range(0, len(rows), batch_size):
+      source = np.stack(rows[start:start + batch_size])
       out.extend(self.tokenizer.decode(row) for row in np.asarray(run(params, source)))
     return out
 
   def write_plots(self, params, workdir, num_examples=4):
     """alignment.png: where the decoder attends while translating a few eval sentences."""
     from vit_jax import plots
-    encode = Preprocess(self.tokenizer, self.config.data.max_source_length,
-                        self.config.data.max_target_length)
+    encode = self.encoder()
     eval_source = self.sources[1]
     examples = [eval_source[i] for i in range(min(num_examples, len(eval_source)))]
     source = np.stack([encode.eval(e)['source'] for e in examples])
