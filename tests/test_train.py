@@ -93,32 +93,72 @@ def run_main(*args):
                         text=True, timeout=300)
 
 
-def test_config_typo_or_wrong_type_names_the_key(tmp_path):
-  out = run_main('--config=configs/vit.py:tiny', '--config.model.hiden_size=3',
-                 f'--workdir={tmp_path}')
-  assert out.returncode != 0
-  assert 'hiden_size' in out.stderr
-  out = run_main('--config=configs/vit.py:tiny', '--config.total_steps=ten',
-                 f'--workdir={tmp_path}')
-  assert out.returncode != 0
-  assert ("flag --config.total_steps=ten: invalid literal for int() with base 10: 'ten'"
-          in out.stderr)
+def test_config_mistakes_are_one_line_errors(tmp_path):
+  """A typo in a config argument or key, a wrong type, bad data: one line, status 2."""
+  cases = {
+      ('--config=configs/vit.py:tinyy',):
+          "Error: Unknown config argument 'tinyy'; expected a comma-separated list of tiny, "
+          'finetune, folder, cifar10, cifar100, fashion_mnist, imagenet2012, mnist, '
+          'oxford_iiit_pet or a variant WIDTH/PATCH (e.g. B/16).',
+      ('--config=configs/vit.py:tiny', '--config.model.hiden_size=3'):
+          "Error: Unknown config key 'model.hiden_size' (did you mean 'hidden_size'?); "
+          '--mode=config lists them all.',
+      ('--config.total_steps=ten',):
+          "Error: flag --config.total_steps=ten: invalid literal for int() with base 10: 'ten'",
+      ('--config=configs/vit.py:tiny', '--config.data.name=folder',
+       f'--config.data.data_dir={tmp_path}/photos'):
+          f"Error: Image folder split '{tmp_path}/photos/train' does not exist; expected "
+          f'{tmp_path}/photos/train/<class_name>/*.jpg.',
+  }
+  for args, message in cases.items():
+    out = run_main(*args, f'--workdir={tmp_path}/run')
+    assert (out.returncode, out.stderr.strip()) == (2, message)
+  out = run_main('--config=configs/vit.py:tinyy', '--verbose')
+  assert 'Traceback' in out.stderr  # The whole story, on request.
   config = tiny()
   config.lock()  # As main.py does.
   with pytest.raises(AttributeError, match='hiden_size'):
     config.model.hiden_size = 3
 
 
-def test_main_trains_and_exports(tmp_path):
+def test_main_trains_exports_and_reruns_from_the_workdir_alone(tmp_path):
   common = ['--config=configs/vit.py:tiny', f'--workdir={tmp_path}', '--config.total_steps=3',
             '--config.model.num_layers=1']
   out = run_main(*common)
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'Final eval' in out.stdout and 'training_curves.png' in out.stdout
+  assert 'Running on 8 cpu devices (cpu) in 1 process, mesh data=8 x fsdp=1.' in out.stdout
   assert json.loads((tmp_path / 'config.json').read_text())['model']['num_layers'] == 1
-  out = run_main(*common, '--mode=export')
+  # Export reads the run's own config.json: no --config needed, even for another folder.
+  out = run_main(f'--workdir={tmp_path}', '--mode=export',
+                 f'--config.export_path={tmp_path}/new/params.npz')
   assert out.returncode == 0, out.stderr[-2000:]
-  assert (tmp_path / 'params.npz').exists()
+  assert f'Creating {tmp_path}/new' in out.stdout
+  assert (tmp_path / 'new' / 'params.npz').exists()
+  # A finished run, run again, says so and prints its final metrics.
+  out = run_main(*common)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'Already trained to step 3 (config.total_steps=3); its final evaluation: step 3: ' \
+         'eval accuracy' in out.stdout
+  out = run_main(f'--workdir={tmp_path}', '--mode=translate')
+  assert (out.returncode, out.stderr.strip()) == (
+      2, "Error: Unknown --mode='translate' for task 'classification'; expected one of "
+      "['train', 'export', 'config'].")
+
+
+def test_config_mode_prints_the_docstring_and_every_key():
+  out = run_main('--config=configs/detr.py:tiny', '--mode=config')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.startswith('DETR object detection')
+  assert "  optim.learning_rate = 0.0005\n" in out.stdout
+  assert '  data.crop_scales = (48, 56)\n' in out.stdout
+
+
+def test_default_workdir_is_one_per_config(monkeypatch):
+  import main
+  monkeypatch.setattr(main.tempfile, 'gettempdir', lambda: '/tmp')
+  assert main.default_workdir('configs/vit.py') == '/tmp/vit_jax/vit'
+  assert main.default_workdir('/x/configs/detr.py:tiny,r50') == '/tmp/vit_jax/detr_tiny-r50'
 
 
 def test_unknown_variant_is_a_clear_error():
