@@ -3,11 +3,13 @@ import jax
 import numpy as np
 
 from configs import detr as detr_config
+from configs import rnn as rnn_config
 from configs import transformer as transformer_config
 from configs import vit as vit_config
 from vit_jax import tasks
 
-FAMILIES = {'vit': vit_config, 'transformer': transformer_config, 'detr': detr_config}
+FAMILIES = {'vit': vit_config, 'transformer': transformer_config, 'detr': detr_config,
+            'rnn': rnn_config}
 
 
 def tiny(family='vit', **overrides):

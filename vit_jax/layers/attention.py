@@ -17,21 +17,42 @@ from vit_jax import errors
 from vit_jax.layers import kernels
 
 
-def dot_product_attention(query, key, value, mask=None, *, dropout_rate=0.0,
+def masked_softmax(scores, mask=None):
+  """Attention weights from scores [..., Lk] (float32 softmax for stability); keys where `mask`
+  (broadcastable, True = attend) is False get exactly 0, and a query with every key masked
+  attends to nothing, not uniformly."""
+  scores = scores.astype(jnp.float32)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1)  # Masked scores underflow to exactly 0.
+  if mask is not None:
+    weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
+  return weights
+
+
+def additive_scores(query, key, v):
+  """Additive (concat) attention scores vᵀ tanh(q + k) (Bahdanau et al. 2015, §3.1 and
+  appendix A.1.2; Luong et al. 2015's 'concat'), the projections W s and U h already applied.
+
+  query [B, Lq, A], key [B, Lk, A], v [A] → scores [B, Lq, Lk].
+  """
+  return jnp.tanh(query[:, :, None, :] + key[:, None, :, :]) @ v
+
+
+def dot_product_attention(query, key, value, mask=None, *, scale=None, dropout_rate=0.0,
                           dropout_rng=None, dtype=jnp.float32):
-  """softmax(q kᵀ / √Dh) v (§3.2.1).
+  """softmax(scale · q kᵀ) v, scale = 1/√Dh unless given (§3.2.1; Luong et al. 2015's 'dot'
+  and 'general' scores are unscaled: scale=1.0).
 
   query [B, Lq, H, Dh], key/value [B, Lk, H, Dh], mask broadcastable to [B, H, Lq, Lk]
   (True = attend). Returns (output [B, Lq, H, Dh], weights [B, H, Lq, Lk]).
   """
-  depth = query.shape[-1]
-  query = query / jnp.sqrt(depth).astype(query.dtype)
+  if scale is None:
+    query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+  else:
+    query = query * scale
   logits = kernels.einsum('bqhd,bkhd->bhqk', query, key, dtype)  # float32
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1)  # float32 softmax for stability.
-  if mask is not None:  # A query with every key masked attends to nothing, not uniformly.
-    weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
+  weights = masked_softmax(logits, mask)
   probs = weights
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)

@@ -7,6 +7,7 @@ from vit_jax import errors
 TASKS = {
     'classification': 'vit_jax.tasks.classification:ClassificationTask',
     'detection': 'vit_jax.tasks.detection:DetectionTask',
+    'rnn_seq2seq': 'vit_jax.tasks.rnn_seq2seq:RnnSeq2SeqTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',
 }
 
