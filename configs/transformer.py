@@ -3,7 +3,8 @@
 Default (no argument): English → German number words (0..9,999, generated with num2words,
 split by value), character tokens, a small post-LN Transformer.
   python main.py --config=configs/transformer.py --workdir=/tmp/numbers
-  Expected: see README.md (exact match, BLEU and chrF on the 1,000 held-out test numbers).
+  Expected: 97.7% exact match on the 1,000 held-out numbers (sacreBLEU 99.71, chrF 99.79) in
+  about 7.5 minutes on a 2-core AMD EPYC (Zen 4) CPU.
 
 Arguments (comma-separated): 'tiny' for tests and smoke runs; 'dates' for the babel date task
 (Spanish dates → ISO 8601); 'pack' to pack several pairs into each training row; 'spm' for a

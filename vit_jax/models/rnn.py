@@ -41,11 +41,12 @@ class DecoderStep(nn.Module):
   cell: str
   hidden_size: int
   attention: str
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, carry, y, memory, keys, mask, summary):
     d = self.hidden_size
-    rnn = CELLS[self.cell](features=d, name='cell')
+    rnn = CELLS[self.cell](features=d, dtype=self.dtype, name='cell')
     if self.attention == 'luong_dot' or self.attention == 'luong_general':
       state, h = rnn(carry['rnn'], jnp.concatenate([y, carry['feed']], -1))
       # Unscaled dot-product scores through the shared core, one head.
@@ -66,15 +67,16 @@ class DecoderStep(nn.Module):
       context, weights = summary, jnp.zeros(mask.shape, jnp.float32)
       state, h = rnn(carry['rnn'], jnp.concatenate([y, context], -1))
     if self.attention.startswith('luong'):
-      out = jnp.tanh(nn.Dense(d, use_bias=False, name='combine')(
+      out = jnp.tanh(nn.Dense(d, use_bias=False, dtype=self.dtype, name='combine')(
           jnp.concatenate([context, h], -1)))
       return {'rnn': state, 'feed': out}, (out, weights)
     # A deep output (Bahdanau A.2.2, with tanh in place of maxout) from h, context and y.
-    out = jnp.tanh(nn.Dense(d, name='combine')(jnp.concatenate([h, context, y], -1)))
+    out = jnp.tanh(nn.Dense(d, dtype=self.dtype, name='combine')(
+        jnp.concatenate([h, context, y], -1)))
     return {'rnn': state}, (out, weights)
 
   def _additive(self, query, keys, mask):
-    projected = nn.Dense(keys.shape[-1], use_bias=False, name='query')(query)
+    projected = nn.Dense(keys.shape[-1], use_bias=False, dtype=self.dtype, name='query')(query)
     v = self.param('v', nn.initializers.normal(keys.shape[-1] ** -0.5), (keys.shape[-1],))
     return attention_lib.masked_softmax(
         attention_lib.additive_scores(projected[:, None], keys, v)[:, 0], mask)
@@ -108,19 +110,20 @@ class Seq2Seq(nn.Module):
     if self.bidirectional and self.hidden_size % 2:
       raise errors.UserError(f'A bidirectional encoder splits model.hidden_size='
                              f'{self.hidden_size} between its directions; make it even.')
-    d = self.hidden_size
-    self.embed = nn.Embed(self.vocab_size, self.embedding_size, name='embedding')
+    d, dtype = self.hidden_size, self.compute.dtype  # Parameters stay float32.
+    self.embed = nn.Embed(self.vocab_size, self.embedding_size, dtype=dtype, name='embedding')
     width = d // 2 if self.bidirectional else d
-    forward = nn.RNN(CELLS[self.cell](features=width), name='encoder_forward')
-    self.encoder = (nn.Bidirectional(forward, nn.RNN(CELLS[self.cell](features=width),
-                                                     name='encoder_backward'))
+    cell = lambda: CELLS[self.cell](features=width, dtype=dtype)
+    forward = nn.RNN(cell(), name='encoder_forward')
+    self.encoder = (nn.Bidirectional(forward, nn.RNN(cell(), name='encoder_backward'))
                     if self.bidirectional else forward)
-    self.bridge = nn.Dense(d, name='bridge')  # Encoder summary → the decoder's first state.
+    self.bridge = nn.Dense(d, dtype=dtype, name='bridge')  # Encoder summary → first state.
     # U h_j (Bahdanau, Luong's concat) or W h_j (Luong's general), computed once per source.
     scored = self.attention in ('bahdanau', 'luong_concat', 'luong_general')
-    self.key_projection = nn.Dense(d, use_bias=False, name='keys') if scored else None
-    self.step = DecoderStep(self.cell, d, self.attention, name='decoder')
-    self.output = nn.Dense(self.vocab_size, name='output')
+    self.key_projection = (nn.Dense(d, use_bias=False, dtype=dtype, name='keys') if scored
+                           else None)
+    self.step = DecoderStep(self.cell, d, self.attention, dtype, name='decoder')
+    self.output = nn.Dense(self.vocab_size, dtype=dtype, name='output')
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def encode(self, source, *, train=False, return_attention=False, **unused):
