@@ -6,7 +6,8 @@ backgrounds; 48-64 px images, generated deterministically and written in COCO fo
 ResNet with GroupNorm trained from scratch (dilated last stage: stride 16), a 2+6-layer post-LN
 Transformer with 12 queries, COCO mAP on the 500 held-out images.
   python main.py --config=configs/detr.py --workdir=/tmp/shapes
-  Expected: see README.md (AP, AP50, AP75 and the run time on a 2-core CPU).
+  Expected: COCO AP 0.396, AP50 0.732, AP75 0.393 on the 500 held-out images, in about 16
+  minutes (generating the images included) on a 2-core AMD EPYC (Zen 4) CPU.
 
 Arguments (comma-separated): 'tiny' for tests and smoke runs; 'r50' for the paper's model
 (ResNet-50 with frozen BatchNorm, 6+6 layers, 100 queries, 800-1333 px) on COCO in data_dir:
