@@ -25,8 +25,8 @@ TFDS_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'oxford_ii
 
 
 def get_config(arg=''):
-  args = common.parse_args(arg, ['tiny', 'finetune', 'folder'] + sorted(TFDS_CLASSES), r'[A-Za-z]+/\d+',
-                           ' or a variant WIDTH/PATCH (e.g. B/16)')
+  args = common.parse_args(arg, ['tiny', 'finetune', 'folder'] + sorted(TFDS_CLASSES),
+                           r'[A-Za-z]+/\d+', ' or a variant WIDTH/PATCH (e.g. B/16)')
   c = common.trainer_config()
   c.task = 'classification'
   c.label_smoothing = 0.0

@@ -182,14 +182,10 @@ class Encode:
     self.max_source_length, self.max_target_length = max_source_length, max_target_length
     self.too_long = too_long
 
-  def lengths(self, example):
-    """(source tokens, target tokens + EOS)."""
-    return (len(self.tokenizer.encode(example['source'])),
-            len(self.tokenizer.encode(example['target'])) + 1)
-
   def fits(self, example):
-    source, target = self.lengths(example)
-    return source <= self.max_source_length and target <= self.max_target_length
+    """Whether the pair's source and target (+ EOS) are within the maximum lengths."""
+    return (len(self.tokenizer.encode(example['source'])) <= self.max_source_length and
+            len(self.tokenizer.encode(example['target'])) + 1 <= self.max_target_length)
 
   def tokens(self, example):
     """→ (source ids, target ids + EOS), unpadded, within the maximum lengths."""

@@ -4,7 +4,8 @@ Frozen BatchNorm: statistics and affine parameters are parameters that get no gr
 being 1-D, no weight decay), so they never change; the stem and first stage are frozen by
 stopping the gradient after them (the DETR config also gives their weights a learning-rate
 multiplier of 0: optax.set_to_zero, no optimizer state, no weight decay). Convolutions pad
-like torchvision (k // 2 on each side), so ported weights give the same features. Returns every stage's feature map.
+like torchvision (k // 2 on each side), so ported weights give the same features. Returns
+every stage's feature map.
 """
 from typing import Any, Sequence
 

@@ -47,7 +47,7 @@ class DecoderStep(nn.Module):
   def __call__(self, carry, y, memory, keys, mask, summary):
     d = self.hidden_size
     rnn = CELLS[self.cell](features=d, dtype=self.dtype, name='cell')
-    if self.attention == 'luong_dot' or self.attention == 'luong_general':
+    if self.attention in ('luong_dot', 'luong_general'):
       state, h = rnn(carry['rnn'], jnp.concatenate([y, carry['feed']], -1))
       # Unscaled dot-product scores through the shared core, one head.
       context, weights = attention_lib.dot_product_attention(
