@@ -29,9 +29,7 @@ def get_config(arg=''):
       bidirectional=True, num_layers=1, dropout_rate=0.1))
   c.optim = common.trainer_config().optim
   c.optim.update(learning_rate=1e-3, warmup_steps=100, weight_decay=1e-4, clip_norm=1.0)
-  if 'tiny' not in args:
-    c.total_steps, c.eval_every, c.checkpoint_every = 3000, 1000, 1000
-  else:
+  if 'tiny' in args:  # The steps are the Transformer's for each task.
     c.model.update(hidden_size=32, embedding_size=16)
     c.optim.warmup_steps = 5
   if 'none' in args:

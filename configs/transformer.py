@@ -52,6 +52,7 @@ def get_config(arg=''):
 
   if 'dates' in args:
     c.data.update(name='dates', max_target_length=12)
+    c.total_steps = 2000  # 87.6% exact match at 1,000 steps, 99.9% at 2,000.
     c.bleu_tokenize = 'char'
   if 'pack' in args:
     c.data.pack = True

@@ -123,3 +123,25 @@ def attention_at_points(image, points, maps, png_path,
   for ax in axes[0]:
     ax.axis('off')
   return _save(fig, png_path, title)
+
+
+def exact_match_by_length(curves, png_path):
+  """curves: {(panel title, line label): (source lengths, exact match [0, 1], examples)}, one
+  panel per title; the examples per bin (the same test split for every line) are written at
+  the bottom."""
+  titles = list(dict.fromkeys(title for title, _ in curves))
+  fig, axes = plt.subplots(1, len(titles), figsize=(5.5 * len(titles), 4), squeeze=False)
+  for ax, title in zip(axes[0], titles):
+    mine = [(label, curve) for (panel, label), curve in curves.items() if panel == title]
+    for label, (lengths, exact, _) in mine:
+      ax.plot(lengths, exact, marker='o', label=label)
+    lengths, _, counts = mine[0][1]
+    for x, n in zip(lengths, counts):
+      ax.annotate(f'n={n}', (x, -0.09), ha='center', fontsize=7, color='gray')
+    ax.set_title(f'{title} (points: mean over a length bin)')
+    ax.set_xlabel('source length (tokens)')
+    ax.set_ylabel('exact match')
+    ax.set_ylim(-0.12, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower left')
+  return _save(fig, png_path, 'Greedy exact match by source length')
