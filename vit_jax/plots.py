@@ -125,6 +125,17 @@ def attention_at_points(image, points, maps, png_path,
   return _save(fig, png_path, title)
 
 
+def channel_weights(weights, png_path, title):
+  """A heat map of channel weights [classes, C] (rows: the classes' mean)."""
+  fig, ax = plt.subplots(figsize=(min(2 + 0.06 * weights.shape[1], 16), 3.5))
+  shown = ax.imshow(weights, aspect='auto', cmap='viridis', interpolation='nearest')
+  ax.set_xlabel('channel')
+  ax.set_ylabel('class')
+  ax.set_yticks(range(weights.shape[0]))
+  fig.colorbar(shown, ax=ax)
+  return _save(fig, png_path, title)
+
+
 def exact_match_by_length(curves, png_path):
   """curves: {(panel title, line label): (source lengths, exact match [0, 1], examples)}, one
   panel per title; the examples per bin (the same test split for every line) are written at

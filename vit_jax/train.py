@@ -32,6 +32,7 @@ from vit_jax import preemption
 from vit_jax import sharding
 from vit_jax import tasks
 from vit_jax.data import pipeline
+from vit_jax.tasks import base
 
 
 def make_train_step(task, tx, accum_steps):
@@ -41,7 +42,7 @@ def make_train_step(task, tx, accum_steps):
 
   def grads_of(params, batch, rng):
     (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, rng)
-    return grads, dict(metrics, loss=loss)
+    return grads, dict(metrics, loss=loss)  # With the model's new state, if any (base.STATE).
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state['step'])
@@ -63,7 +64,8 @@ def make_train_step(task, tx, accum_steps):
       (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new_params = jax.tree.map(jnp.add, params, updates)
+    # Batch statistics (averaged over micro-batches) replace their old values.
+    new_params = {**jax.tree.map(jnp.add, params, updates), **metrics.pop(base.STATE, {})}
     grad_norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
     # A non-finite step changes nothing: the host decides whether to stop or go on. Finite
     # gradients can still overflow the parameters (a huge learning rate): they are checked too.

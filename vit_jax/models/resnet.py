@@ -1,19 +1,26 @@
-"""ResNet backbone (He et al. 2016) with frozen BatchNorm, as DETR uses it (§4, A.2).
+"""ResNet (He et al. 2016): DETR's backbone with frozen BatchNorm (§4, A.2), and an image
+classifier with BatchNorm and, optionally, one of the attention modules for CNNs
+(layers/channel_attention.py, layers/spatial_attention.py) where its paper puts it.
 
 Frozen BatchNorm: statistics and affine parameters are parameters that get no gradient (and,
 being 1-D, no weight decay), so they never change; the stem and first stage are frozen by
 stopping the gradient after them (the DETR config also gives their weights a learning-rate
 multiplier of 0: optax.set_to_zero, no optimizer state, no weight decay). Convolutions pad
-like torchvision (k // 2 on each side), so ported weights give the same features. Returns
+like torchvision (layers/conv.py), so ported weights give the same features. Returns
 every stage's feature map.
 """
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vit_jax import errors
+from vit_jax.layers import channel_attention as ca
+from vit_jax.layers import conv as conv_lib
+from vit_jax.layers import spatial_attention as sa
+from vit_jax.layers.conv import conv
 
 VARIANTS = {
     'resnet18': dict(block='basic', depths=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
@@ -23,6 +30,9 @@ VARIANTS = {
     # For CPU runs and tests: a ResNet-10 at a quarter of the width.
     'resnet-tiny': dict(block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                         stem_width=16),
+    # Small images (28x28 digits): a ResNet-10 at half width.
+    'resnet10-32': dict(block='basic', depths=(1, 1, 1, 1), widths=(32, 64, 128, 256),
+                        stem_width=32),
 }
 
 
@@ -48,35 +58,56 @@ class FrozenBatchNorm(nn.Module):
     return x * factor.astype(x.dtype) + (bias - mean * factor).astype(x.dtype)
 
 
-def norm_layer(kind, name):
-  """'frozen_bn' (DETR, for pretrained weights) or 'group_norm' (trainable, for backbones
-  trained from scratch, where frozen statistics would normalise nothing)."""
+NORMS = ('frozen_bn', 'group_norm', 'batch_norm')
+
+
+def norm_layer(kind, name, train=False):
+  """'frozen_bn' (DETR, for pretrained weights), 'group_norm' (trainable, for backbones
+  trained from scratch without batch statistics) or 'batch_norm' (the ResNet papers', with
+  running statistics in 'batch_stats')."""
   if kind == 'frozen_bn':
     return FrozenBatchNorm(name=name)
   if kind == 'group_norm':
     return nn.GroupNorm(num_groups=8, name=name.replace('bn', 'gn'))
-  raise errors.UserError(f"Unknown backbone norm {kind!r}; expected 'frozen_bn' or 'group_norm'.")
+  if kind == 'batch_norm':
+    return conv_lib.batch_norm(train, name)
+  raise errors.UserError(f'Unknown backbone norm {kind!r}; expected one of {NORMS}.')
 
 
-def conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
-  pad = dilation * (kernel // 2)
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype,
-                 kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-                 name=name)
+# model.block_attention: where each module goes (see the modules' docstrings for the papers).
+IN_BLOCK = {  # On the residual branch, before the addition, in every block.
+    'se': ca.SqueezeExcite, 'eca': ca.EfficientChannelAttention, 'gc': ca.GlobalContext,
+    'gsop': ca.GlobalSecondOrderPooling, 'cbam': sa.CBAM}
+AFTER_STAGES = {  # After the stages in model.attention_stages (default: the paper's).
+    'nonlocal': (sa.NonLocal, (3,)),  # Wang et al. 2018 §4.1: in res4 (our stage 3).
+    'danet': (sa.DualAttention, (4,)),  # Fu et al. 2019: on the last feature map.
+    'bam': (sa.BAM, (1, 2, 3)),  # Park et al. 2018 §3: at each bottleneck between stages.
+}
+# 'sk' replaces each block's 3x3 convolution (a bottleneck's middle one, a basic block's
+# first); 'anl' fuses the last two stages (AFNB) and refines the result (APNB), as ANN.
+ATTENTION = tuple(IN_BLOCK) + tuple(AFTER_STAGES) + ('sk', 'anl')
+
+
+def check_attention(name):
+  if name is not None and name not in ATTENTION:
+    raise errors.UserError(f'Unknown model.block_attention {name!r}; expected None or one of '
+                           f'{sorted(ATTENTION)}.')
 
 
 class Block(nn.Module):
-  """Basic (two 3x3) or bottleneck (1x1 → 3x3 with the stride → 1x1, torchvision v1.5)."""
+  """Basic (two 3x3) or bottleneck (1x1 → 3x3 with the stride → 1x1, torchvision v1.5), with
+  an optional attention module (IN_BLOCK, or 'sk' in place of the 3x3 convolution)."""
   features: int
   bottleneck: bool
   stride: int = 1
   dilation: int = 1
   norm: str = 'frozen_bn'
+  attention: Optional[str] = None
+  attention_args: Any = flax.core.FrozenDict()
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train=False):
     if self.bottleneck:
       mid = self.features // 4
       layers = [(mid, 1, 1, 1), (mid, 3, self.stride, self.dilation), (self.features, 1, 1, 1)]
@@ -85,39 +116,65 @@ class Block(nn.Module):
                 (self.features, 3, 1, self.dilation)]
     y = x
     for i, (features, kernel, stride, dilation) in enumerate(layers):
-      y = conv(features, kernel, stride, dilation, f'conv{i}', self.dtype)(y)
-      y = norm_layer(self.norm, f'bn{i}')(y)
+      if self.attention == 'sk' and kernel == 3 and (self.bottleneck or i == 0):
+        y = ca.SelectiveKernel(features, stride, **self.attention_args, dtype=self.dtype,
+                               name='sk')(y, train)  # Its branches have their norm and ReLU.
+        continue
+      y = conv(features, kernel, stride, dilation, name=f'conv{i}', dtype=self.dtype)(y)
+      y = norm_layer(self.norm, f'bn{i}', train)(y)
       if i < len(layers) - 1:
         y = nn.relu(y)
+    if self.attention in IN_BLOCK:
+      y = IN_BLOCK[self.attention](**self.attention_args, dtype=self.dtype,
+                                   name='attention')(y, train)
     if x.shape[-1] != self.features or self.stride != 1:
       x = conv(self.features, 1, self.stride, name='shortcut_conv', dtype=self.dtype)(x)
-      x = norm_layer(self.norm, 'shortcut_bn')(x)
+      x = norm_layer(self.norm, 'shortcut_bn', train)(x)
     return nn.relu(x + y)
 
 
 class ResNet(nn.Module):
   """image [B, H, W, 3] → {'stage1': [B, H/4, W/4, C1], …, 'stage4': [B, H/32, W/32, C4]}
-  (stage4 at H/16 with `dilation`)."""
+  (stage4 at H/16 with `dilation`; with stem='small', a 3x3 stride-1 stem and no max-pool for
+  small images such as 28x28 digits, H/1 … H/8)."""
   block: str = 'bottleneck'
   depths: Sequence[int] = (3, 4, 6, 3)
   widths: Sequence[int] = (256, 512, 1024, 2048)
   stem_width: int = 64
+  stem: str = 'imagenet'  # or 'small'
   dilation: bool = False
   norm: str = 'frozen_bn'
   frozen_stages: int = 1  # Stem + this many stages get no gradient (DETR: stem + stage 1);
   # -1 trains everything (from scratch, e.g. on the synthetic shapes).
+  block_attention: Optional[str] = None  # A name in ATTENTION.
+  attention_args: Any = flax.core.FrozenDict()  # Its hyperparameters, e.g. {'reduction': 16}.
+  attention_stages: Optional[Sequence[int]] = None  # For AFTER_STAGES (None: the paper's).
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train=False):
     if self.block not in ('basic', 'bottleneck'):
       raise errors.UserError(
           f"Unknown ResNet block {self.block!r}; expected 'basic' or 'bottleneck'.")
-    x = conv(self.stem_width, 7, 2, name='stem_conv', dtype=self.dtype)(x.astype(self.dtype))
-    x = nn.relu(norm_layer(self.norm, 'stem_bn')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    if self.stem not in ('imagenet', 'small'):
+      raise errors.UserError(f"Unknown ResNet stem {self.stem!r}; expected 'imagenet' or "
+                             "'small'.")
+    check_attention(self.block_attention)
+    args = dict(self.attention_args or {})
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.stem_width, 7, 2, name='stem_conv', dtype=self.dtype)(x)
+      x = nn.relu(norm_layer(self.norm, 'stem_bn', train)(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(self.stem_width, 3, 1, name='stem_conv', dtype=self.dtype)(x)
+      x = nn.relu(norm_layer(self.norm, 'stem_bn', train)(x))
     if self.frozen_stages >= 0:
       x = jax.lax.stop_gradient(x)
+    in_block = (self.block_attention if self.block_attention in IN_BLOCK
+                or self.block_attention == 'sk' else None)
+    after, default_stages = AFTER_STAGES.get(self.block_attention, (None, ()))
+    stages = tuple(self.attention_stages or default_stages)
     features = {}
     for s, (depth, width) in enumerate(zip(self.depths, self.widths)):
       last_dilated = self.dilation and s == len(self.depths) - 1
@@ -126,9 +183,29 @@ class ResNet(nn.Module):
         # DC5: the last stage keeps the resolution and dilates its 3x3 convolutions instead
         # (its first block still sees the undilated input, as in torchvision).
         dilation = 2 if (last_dilated and b > 0) else 1
-        x = Block(width, self.block == 'bottleneck', stride, dilation, self.norm, self.dtype,
-                  name=f'stage{s + 1}_block{b}')(x)
+        x = Block(width, self.block == 'bottleneck', stride, dilation, self.norm, in_block,
+                  args if in_block else {}, self.dtype, name=f'stage{s + 1}_block{b}')(x, train)
       if s + 1 <= self.frozen_stages:
         x = jax.lax.stop_gradient(x)
+      if after is not None and s + 1 in stages:
+        x = after(**args, dtype=self.dtype, name=f'stage{s + 1}_attention')(x, train)
       features[f'stage{s + 1}'] = x
+    if self.block_attention == 'anl':
+      last, previous = f'stage{len(self.depths)}', f'stage{len(self.depths) - 1}'
+      x = sa.AFNB(**args, dtype=self.dtype, name='afnb')(features[previous], x, train)
+      features[last] = sa.APNB(**args, dtype=self.dtype, name='apnb')(x, train)
     return features
+
+
+class ResNetClassifier(nn.Module):
+  """image [B, H, W, C] → logits [B, num_classes]: the ResNet's last stage, global average
+  pooling, one linear layer (He et al. 2016, §3.4)."""
+  num_classes: int
+  backbone: Any = flax.core.FrozenDict()  # ResNet's fields.
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image, train=False):
+    features = ResNet(**self.backbone, dtype=self.dtype, name='resnet')(image, train)
+    pooled = conv_lib.global_avg_pool(features[f'stage{len(features)}'])
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pooled).astype(jnp.float32)

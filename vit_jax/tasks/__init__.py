@@ -6,6 +6,7 @@ from vit_jax import errors
 # config.task → the family's Task class ('module:Class'), imported when first asked for.
 TASKS = {
     'classification': 'vit_jax.tasks.classification:ClassificationTask',
+    'cnn_classification': 'vit_jax.tasks.cnn_classification:CnnClassificationTask',
     'detection': 'vit_jax.tasks.detection:DetectionTask',
     'rnn_seq2seq': 'vit_jax.tasks.rnn_seq2seq:RnnSeq2SeqTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',

@@ -10,6 +10,12 @@ Conventions every family follows:
   use (`datasets()`, `model`), so `--mode=export` reads nothing but the checkpoint.
 - Batches are dicts of fixed-shape arrays. The trainer relies on one key of its own,
   `pipeline.WEIGHT` (eval batches only); the rest are the task's.
+- A model's state that is not trained but updated as it trains (BatchNorm's running
+  statistics, Flax collection 'batch_stats') travels inside the parameters under that
+  collection's name (`with_state`, `split_state`), so checkpoints, export, sharding and
+  fine-tuning carry it unchanged; `loss_fn` returns the new state in its extras under `STATE`
+  and the trainer writes it in after the optimizer's update (its gradient is zero, being
+  1-D it gets no weight decay, so the optimizer never moves it).
 - Evaluation sums, never averages, per batch: `eval_step` returns {name: (Σ w · value, Σ w)}
   pairs that the trainer adds up over the whole split and divides once (metrics.average),
   with `losses.weighted_*` computing the pairs. The trainer adds 'count', the number of real
@@ -26,6 +32,21 @@ from vit_jax.layers import kernels
 Batch = Dict[str, Any]
 Params = Any
 Pairs = Dict[str, Tuple[Any, Any]]  # {name: (Σ w · value, Σ w)}
+STATE = 'model_state'  # loss_fn's extras: {collection: its new value}, e.g. batch statistics.
+STATE_COLLECTIONS = ('batch_stats',)
+
+
+def with_state(variables):
+  """Flax variables {'params': p, 'batch_stats': s} → the trainer's parameters {**p,
+  'batch_stats': s}."""
+  return {**variables['params'], **{k: v for k, v in variables.items() if k != 'params'}}
+
+
+def split_state(params):
+  """The trainer's parameters → Flax variables for `model.apply` (inverse of with_state)."""
+  variables = {'params': {k: v for k, v in params.items() if k not in STATE_COLLECTIONS}}
+  variables.update({k: params[k] for k in STATE_COLLECTIONS if k in params})
+  return variables
 
 
 class Preprocess(Protocol):
@@ -96,7 +117,8 @@ class Task(abc.ABC):
   def loss_fn(self, params: Params, batch: Batch, rng) -> Tuple[Any, Dict[str, Any]]:
     """Training loss of one batch. rng: the step's dropout key.
 
-    → (loss scalar to minimise, {name: scalar} more to log, e.g. accuracy; not the loss).
+    → (loss scalar to minimise, {name: scalar} more to log, e.g. accuracy; not the loss; and
+    for a model with state, STATE: {collection: new value}, e.g. updated batch statistics).
     """
 
   @abc.abstractmethod
