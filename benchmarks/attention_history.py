@@ -17,7 +17,6 @@ run already there is not repeated, so an interrupted comparison resumes.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import record, recorded_runs  # noqa: E402
 from configs import rnn as rnn_config  # noqa: E402
 from configs import transformer as transformer_config  # noqa: E402
 from vit_jax import plots  # noqa: E402
@@ -140,12 +141,7 @@ def main(argv=None):
     for value in (tasks if name == '--tasks' else models):
       if value not in known:
         sys.exit(f'Unknown {name} value {value!r}; expected {sorted(known)}.')
-  os.makedirs(args.out, exist_ok=True)
-  results = os.path.join(args.out, 'results.jsonl')
-  rows = []
-  if os.path.exists(results):
-    with open(results) as f:
-      rows = [json.loads(line) for line in f]
+  results, rows = recorded_runs(args.out)
   for seed in (int(s) for s in args.seeds.split(',')):
     for task in tasks:
       for model in models:
@@ -157,8 +153,7 @@ def main(argv=None):
             [task, model, f'seed{seed}', f'steps{steps[task]}'] + ['tiny'] * args.tiny))
         row = run(model, task, steps[task], seed, workdir, args.tiny)
         rows.append(row)
-        with open(results, 'a') as f:
-          f.write(json.dumps(row) + '\n')
+        record(results, row)
   rows = [r for r in rows if r['task'] in tasks and r['model'] in models
           and r['steps'] == steps[r['task']] and r['tiny'] == args.tiny]
   print(f'\n{cpu_name()}, {os.cpu_count()} cores, {datetime.date.today()}; results in {results}')

@@ -14,7 +14,6 @@ Accuracies go to --out/results.jsonl as each run ends; a run already there is no
 """
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attention_history import cpu_name  # noqa: E402
-from timing import alternate, our_train_step  # noqa: E402
+from timing import alternate, our_train_step, record, recorded_runs  # noqa: E402
 from configs import resnet as resnet_config  # noqa: E402
 from vit_jax import train  # noqa: E402
 from vit_jax.tasks import base  # noqa: E402
@@ -101,12 +100,7 @@ def main(argv=None):
       sys.exit(f'Unknown --modules value {m!r}; expected {MODULES}.')
   if 'plain' not in modules:
     modules = ['plain'] + modules  # The reference of every ratio.
-  os.makedirs(args.out, exist_ok=True)
-  results = os.path.join(args.out, 'results.jsonl')
-  rows = []
-  if os.path.exists(results):
-    with open(results) as f:
-      rows = [json.loads(line) for line in f]
+  results, rows = recorded_runs(args.out)
   for seed in (int(s) for s in args.seeds.split(',')):
     for module in modules:
       key = (module, seed, args.steps, args.tiny)
@@ -116,8 +110,7 @@ def main(argv=None):
       workdir = os.path.join(args.out, '_'.join(
           [module, f'seed{seed}', f'steps{args.steps}'] + ['tiny'] * args.tiny))
       rows.append(accuracy(module, seed, args.steps, workdir, args.tiny))
-      with open(results, 'a') as f:
-        f.write(json.dumps(rows[-1]) + '\n')
+      record(results, rows[-1])
   times = step_times(modules, args.tiny, args.rounds, args.batch)
   cost = {m: costs(m, args.tiny) for m in modules}
   base_params, base_flops = cost['plain']

@@ -1,5 +1,7 @@
 """Side-by-side timing shared by the benchmarks: alternate the contenders after a warm-up,
 report medians with min-max and speed ratios in a Markdown table."""
+import json
+import os
 import statistics
 import time
 
@@ -52,3 +54,19 @@ def our_train_step(config, data):
     jax.block_until_ready(metrics)
 
   return step, trainer
+
+
+def recorded_runs(out):
+  """(out/results.jsonl, the runs recorded in it). Benchmarks that train append each run as it
+  ends (`record`) and skip the ones recorded, so an interrupted comparison resumes."""
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, 'results.jsonl')
+  if not os.path.exists(path):
+    return path, []
+  with open(path) as f:
+    return path, [json.loads(line) for line in f]
+
+
+def record(path, row):
+  with open(path, 'a') as f:
+    f.write(json.dumps(row) + '\n')

@@ -75,9 +75,10 @@ def test_clear_errors():
     model.init(jax.random.key(0), jnp.ones((1, 10, 8, 3)))
 
 
-def port_hf_vit(hf_state, num_layers, heads):
-  """Hugging Face ViTForImageClassification weights → our (published-layout) params."""
-  t = {k: v.detach().numpy() for k, v in hf_state.items()}
+def port_hf_vit(hf_state, num_layers, heads, prefix='vit'):
+  """Hugging Face ViTForImageClassification (or, prefix='deit',
+  DeiTForImageClassificationWithTeacher) weights → our (published-layout) params."""
+  t = {k.replace(f'{prefix}.', 'vit.', 1): v.detach().numpy() for k, v in hf_state.items()}
   d = t['vit.embeddings.cls_token'].shape[-1]
   dense = lambda p: {'kernel': t[f'{p}.weight'].T, 'bias': t[f'{p}.bias']}
   norm = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias']}
@@ -87,10 +88,14 @@ def port_hf_vit(hf_state, num_layers, heads):
       'embedding': {'kernel': t['vit.embeddings.patch_embeddings.projection.weight'].transpose(
           2, 3, 1, 0), 'bias': t['vit.embeddings.patch_embeddings.projection.bias']},
       'cls': t['vit.embeddings.cls_token'],
-      'head': dense('classifier'),
       'Transformer': {'posembed_input': {'pos_embedding': t['vit.embeddings.position_embeddings']},
                       'encoder_norm': norm('vit.layernorm')},
   }
+  if prefix == 'deit':
+    params.update(dist=t['vit.embeddings.distillation_token'], head=dense('cls_classifier'),
+                  head_dist=dense('distillation_classifier'))
+  else:
+    params['head'] = dense('classifier')
   for i in range(num_layers):  # transformers 5 naming.
     p = f'vit.layers.{i}'
     out = t[f'{p}.attention.o_proj.weight'].T.reshape(heads, -1, d)
@@ -128,3 +133,33 @@ def test_parity_with_hugging_face_vit():
   assert jax.tree.map(np.shape, params) == reference_tree
   logits, _ = model.apply({'params': params}, images)
   assert np.abs(np.asarray(logits) - expected.numpy()).max() < 1e-4
+
+
+def test_deit_equals_hugging_face_with_teacher_heads():
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  torch.manual_seed(0)
+  cfg = transformers.DeiTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                intermediate_size=96, image_size=32, patch_size=8,
+                                num_channels=3, num_labels=7, layer_norm_eps=1e-6,
+                                hidden_act='gelu', qkv_bias=True)
+  reference = transformers.DeiTForImageClassificationWithTeacher(cfg).eval()
+  with torch.no_grad():
+    for p in reference.parameters():
+      p.normal_(0.0, 0.2)
+  images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    out = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+  model = vit.VisionTransformer(num_classes=7, patch_size=8, hidden_size=48, num_layers=2,
+                                num_heads=3, mlp_dim=96, distillation=True)
+  params = port_hf_vit(reference.state_dict(), 2, 3, prefix='deit')
+  reference_tree = jax.tree.map(np.shape, model.init(jax.random.key(0), images)['params'])
+  assert jax.tree.map(np.shape, params) == reference_tree
+  logits, aux = model.apply({'params': params}, images)
+  assert aux['tokens'].shape == (4, 16 + 2, 48)
+  for ours, theirs in ((aux['cls_logits'], out.cls_logits),
+                       (aux['distillation_logits'], out.distillation_logits)):
+    assert np.abs(np.asarray(ours) - theirs.numpy()).max() < 1e-4
+  # The prediction averages the two heads' probabilities (DeiT §5.1).
+  probs = (torch.softmax(out.cls_logits, -1) + torch.softmax(out.distillation_logits, -1)) / 2
+  np.testing.assert_allclose(np.exp(np.asarray(logits)), probs.numpy(), atol=1e-5)

@@ -177,23 +177,6 @@ class PyramidAttention(nn.Module):
     return out.reshape(b, h, w, self.out_dim)
 
 
-class APNB(nn.Module):
-  """Asymmetric Pyramid Non-local Block (Zhu et al. 2019, §3.3): self-attention of a map onto
-  its pyramid-pooled anchors, Y = conv¹ˣ¹([O; X]) + BN + ReLU."""
-  key_dim: int = 0  # Ĉ; 0: C/2.
-  sizes: Sequence[int] = (1, 3, 6, 8)
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    c = x.shape[-1]
-    d = self.key_dim or max(c // 2, 1)
-    out = PyramidAttention(d, d, c, self.sizes, self.dtype, name='attention')(x, x, train)
-    y = nn.Dense(c, use_bias=False, dtype=self.dtype, name='fuse')(
-        jnp.concatenate([out, x], -1))
-    return nn.relu(batch_norm(train, 'fuse_bn')(y))
-
-
 class AFNB(nn.Module):
   """Asymmetric Fusion Non-local Block (Zhu et al. 2019, §3.4): the high-level map's positions
   query the low-level map's pyramid-pooled anchors, Y = conv¹ˣ¹([O; X_h]) + BN + ReLU."""
@@ -209,3 +192,11 @@ class AFNB(nn.Module):
     y = nn.Dense(c, use_bias=False, dtype=self.dtype, name='fuse')(
         jnp.concatenate([out, high], -1))
     return nn.relu(batch_norm(train, 'fuse_bn')(y))
+
+
+class APNB(AFNB):
+  """Asymmetric Pyramid Non-local Block (Zhu et al. 2019, §3.3): AFNB with one map as both,
+  self-attention onto its own pyramid-pooled anchors, Y = conv¹ˣ¹([O; X]) + BN + ReLU."""
+
+  def __call__(self, x, train=False):
+    return super().__call__(x, x, train)

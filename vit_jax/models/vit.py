@@ -6,6 +6,7 @@ checkpoints, so those load as they are (see `vit_jax.pretrained`).
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vit_jax import errors
@@ -36,7 +37,11 @@ def decode_variant(variant):
 
 
 class VisionTransformer(nn.Module):
-  """Patch embedding → [class token] → learned positions → pre-LN encoder → head."""
+  """Patch embedding → [class token] → learned positions → pre-LN encoder → head.
+
+  distillation=True: DeiT (Touvron et al. 2021, §4): a distillation token after the class
+  token, with its own position slot and its own head ('head_dist'), trained to match a
+  teacher; the prediction averages the two heads' softmaxes."""
   num_classes: int
   patch_size: Union[int, Sequence[int]] = 16
   hidden_size: int = 768
@@ -50,6 +55,7 @@ class VisionTransformer(nn.Module):
   representation_size: Optional[int] = None
   activation: str = 'gelu'
   head_bias_init: float = 0.0
+  distillation: bool = False
   compute: kernels.Compute = kernels.Compute()
 
   @nn.compact
@@ -58,10 +64,15 @@ class VisionTransformer(nn.Module):
 
     aux: 'pre_logits' [B, D or R], 'tokens' [B, N(+1), D] (encoder output), 'layers',
     'grid' (patch rows, cols) and, when asked for, 'attention' (each layer's weights
-    [B, heads, N(+1), N(+1)]).
+    [B, heads, N(+1), N(+1)]). With `distillation` the logits are log((softmax(c) +
+    softmax(d)) / 2) of the class head's c and the distillation head's d, which aux holds as
+    'cls_logits' and 'distillation_logits' (the tokens then number N+2).
     """
     if self.classifier not in ('token', 'gap'):
       raise errors.UserError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
+    if self.distillation and self.classifier != 'token':
+      raise errors.UserError("model.distillation=True needs model.classifier='token': the "
+                             'distillation token sits beside the class token.')
     ph, pw = (self.patch_size,) * 2 if isinstance(self.patch_size, int) else self.patch_size
     b, h, w, c = images.shape
     if h % ph or w % pw:
@@ -74,9 +85,10 @@ class VisionTransformer(nn.Module):
     x = x.reshape(b, gh * gw, self.hidden_size)  # [B, N, D]
 
     if self.classifier == 'token':
-      cls = self.param('cls', nn.initializers.zeros, (1, 1, self.hidden_size))
-      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.hidden_size)).astype(x.dtype), x],
-                          axis=1)  # [B, N+1, D]
+      names = ('cls', 'dist') if self.distillation else ('cls',)
+      tokens = [jnp.broadcast_to(self.param(n, nn.initializers.zeros, (1, 1, self.hidden_size)),
+                                 (b, 1, self.hidden_size)).astype(x.dtype) for n in names]
+      x = jnp.concatenate(tokens + [x], axis=1)  # [B, N+1 (+1), D]
 
     block = transformer.BlockConfig(
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
@@ -91,9 +103,14 @@ class VisionTransformer(nn.Module):
     if self.representation_size is not None:
       x = jnp.tanh(nn.Dense(self.representation_size, name='pre_logits')(x))
     aux['pre_logits'] = x
-    logits = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros,
-                      bias_init=nn.initializers.constant(self.head_bias_init))(x)
-    return logits.astype(jnp.float32), aux
+    head = lambda name: nn.Dense(self.num_classes, name=name, kernel_init=nn.initializers.zeros,
+                                 bias_init=nn.initializers.constant(self.head_bias_init))
+    logits = head('head')(x).astype(jnp.float32)
+    if self.distillation:
+      distilled = head('head_dist')(aux['tokens'][:, 1]).astype(jnp.float32)
+      aux.update(cls_logits=logits, distillation_logits=distilled)
+      logits = jnp.logaddexp(jax.nn.log_softmax(logits), jax.nn.log_softmax(distilled)) - jnp.log(2)
+    return logits, aux
 
 
 class PatchEmbedding(nn.Module):
