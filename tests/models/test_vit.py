@@ -111,51 +111,46 @@ def port_hf_vit(hf_state, num_layers, heads, prefix='vit'):
   return params
 
 
-def test_parity_with_hugging_face_vit():
+def hf_reference(config_name, model_name, num_layers):
+  """(a Hugging Face ViT-like model with random weights everywhere, not the zero/one
+  initialisations; our ported params and model; images; the reference's output)."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   torch.manual_seed(0)
-  cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
-                               intermediate_size=96, image_size=32, patch_size=8,
-                               num_channels=3, num_labels=7, layer_norm_eps=1e-6,
-                               hidden_act='gelu', qkv_bias=True)
-  reference = transformers.ViTForImageClassification(cfg).eval()
-  with torch.no_grad():  # Random weights everywhere, not the zero/one initialisations.
-    for p in reference.parameters():
-      p.normal_(0.0, 0.2)
-  images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-  with torch.no_grad():
-    expected = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits
-  model = vit.VisionTransformer(num_classes=7, patch_size=8, hidden_size=48, num_layers=3,
-                                num_heads=3, mlp_dim=96, activation='gelu')
-  params = port_hf_vit(reference.state_dict(), 3, 3)
-  reference_tree = jax.tree.map(np.shape, model.init(jax.random.key(0), images)['params'])
-  assert jax.tree.map(np.shape, params) == reference_tree
-  logits, _ = model.apply({'params': params}, images)
-  assert np.abs(np.asarray(logits) - expected.numpy()).max() < 1e-4
-
-
-def test_deit_equals_hugging_face_with_teacher_heads():
-  torch = pytest.importorskip('torch')
-  transformers = pytest.importorskip('transformers')
-  torch.manual_seed(0)
-  cfg = transformers.DeiTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-                                intermediate_size=96, image_size=32, patch_size=8,
-                                num_channels=3, num_labels=7, layer_norm_eps=1e-6,
-                                hidden_act='gelu', qkv_bias=True)
-  reference = transformers.DeiTForImageClassificationWithTeacher(cfg).eval()
+  cfg = getattr(transformers, config_name)(
+      hidden_size=48, num_hidden_layers=num_layers, num_attention_heads=3, intermediate_size=96,
+      image_size=32, patch_size=8, num_channels=3, num_labels=7, layer_norm_eps=1e-6,
+      hidden_act='gelu', qkv_bias=True)
+  reference = getattr(transformers, model_name)(cfg).eval()
   with torch.no_grad():
     for p in reference.parameters():
       p.normal_(0.0, 0.2)
   images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
     out = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
-  model = vit.VisionTransformer(num_classes=7, patch_size=8, hidden_size=48, num_layers=2,
-                                num_heads=3, mlp_dim=96, distillation=True)
-  params = port_hf_vit(reference.state_dict(), 2, 3, prefix='deit')
+  return reference.state_dict(), images, out
+
+
+def ported(model, params, images):
   reference_tree = jax.tree.map(np.shape, model.init(jax.random.key(0), images)['params'])
   assert jax.tree.map(np.shape, params) == reference_tree
-  logits, aux = model.apply({'params': params}, images)
+  return model.apply({'params': params}, images)
+
+
+def test_parity_with_hugging_face_vit():
+  state, images, out = hf_reference('ViTConfig', 'ViTForImageClassification', 3)
+  model = vit.VisionTransformer(num_classes=7, patch_size=8, hidden_size=48, num_layers=3,
+                                num_heads=3, mlp_dim=96, activation='gelu')
+  logits, _ = ported(model, port_hf_vit(state, 3, 3), images)
+  assert np.abs(np.asarray(logits) - out.logits.numpy()).max() < 1e-4
+
+
+def test_deit_equals_hugging_face_with_teacher_heads():
+  import torch
+  state, images, out = hf_reference('DeiTConfig', 'DeiTForImageClassificationWithTeacher', 2)
+  model = vit.VisionTransformer(num_classes=7, patch_size=8, hidden_size=48, num_layers=2,
+                                num_heads=3, mlp_dim=96, distillation=True)
+  logits, aux = ported(model, port_hf_vit(state, 2, 3, prefix='deit'), images)
   assert aux['tokens'].shape == (4, 16 + 2, 48)
   for ours, theirs in ((aux['cls_logits'], out.cls_logits),
                        (aux['distillation_logits'], out.distillation_logits)):
