@@ -18,7 +18,6 @@ run already there is not repeated, so an interrupted comparison resumes.
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import record, recorded_runs  # noqa: E402
+from timing import cpu_name, record, recorded_runs  # noqa: E402
 from configs import rnn as rnn_config  # noqa: E402
 from configs import transformer as transformer_config  # noqa: E402
 from vit_jax import plots  # noqa: E402
@@ -73,14 +72,6 @@ def run(model, task, steps, seed, workdir, tiny=False):
           'exact_match': metrics['exact_match'], 'bleu': metrics['bleu'],
           'chrf': metrics['chrf'],
           'lengths': lengths, 'exact': exact}
-
-
-def cpu_name():
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
 
 
 def mean_std(values, fmt):

@@ -24,8 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attention_history import cpu_name  # noqa: E402
-from timing import alternate, our_train_step, record, recorded_runs  # noqa: E402
+from timing import alternate, cpu_name, our_train_step, record, recorded_runs  # noqa: E402
 from configs import resnet as resnet_config  # noqa: E402
 from vit_jax import train  # noqa: E402
 from vit_jax.tasks import base  # noqa: E402

@@ -2,6 +2,7 @@
 report medians with min-max and speed ratios in a Markdown table."""
 import json
 import os
+import platform
 import statistics
 import time
 
@@ -70,3 +71,11 @@ def recorded_runs(out):
 def record(path, row):
   with open(path, 'a') as f:
     f.write(json.dumps(row) + '\n')
+
+
+def cpu_name():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
