@@ -45,9 +45,14 @@ def get_config(arg=''):
   c.optim.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.05)
   if 'digits' in args:
     c.data.update(name='digits', image_size=8)
+  # Few-shot linear evaluation of the frozen features (evaluators/fewshot.py) every `every`
+  # steps (0: off): k training images per class, the ridge penalty chosen on other ones.
+  c.fewshot = ml_collections.ConfigDict(dict(every=c.eval_every, shots=(1, 5, 10, 25),
+                                             validation_per_class=10))
   if 'tiny' in args:
     c.data.update(name='digits', image_size=8)
     c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
+    c.fewshot.every = 0
     c.optim.warmup_steps = 5
   return c

@@ -68,7 +68,7 @@ class LinearTask(base.Task):
   def init(self, rng, batch):
     return self.model.init(rng, batch['image'])['params']
 
-  def loss_fn(self, params, batch, rng):
+  def loss_fn(self, params, batch, rng, frozen=None):
     logits = self.model.apply({'params': params}, batch['image'])
     return losses.ratio(losses.weighted_cross_entropy(logits, batch['label'])), {}
 

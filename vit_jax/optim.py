@@ -83,6 +83,16 @@ def multiplier_labels(lr_multipliers):
   return {f'rule{i}': factor for i, (_, factor) in enumerate(rules)}, labels
 
 
+def frozen_mask(params, lr_multipliers):
+  """A tree of bools like `params`: True where lr_multipliers gives factor 0 (frozen), or
+  None when nothing is frozen."""
+  if not lr_multipliers:
+    return None
+  factors, labels = multiplier_labels(lr_multipliers)
+  mask = jax.tree.map(lambda label: factors.get(label, 1.0) == 0, labels(params))
+  return mask if any(jax.tree.leaves(mask)) else None
+
+
 def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='cosine',
                    warmup_steps=0, end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
                    eps=1e-8, momentum=0.9, nesterov=False, clip_norm=None, model_dim=None,

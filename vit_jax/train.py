@@ -32,23 +32,39 @@ from vit_jax import preemption
 from vit_jax import sharding
 from vit_jax import tasks
 from vit_jax.data import pipeline
+from vit_jax.evaluators import fewshot as fewshot_lib
 from vit_jax.tasks import base
 
 
-def make_train_step(task, tx, accum_steps):
-  """state, batch, rng → (state, metrics: the loss and the task's scalars, stats: the
+def make_train_step(task, tx, accum_steps, is_frozen=None):
+  """state, batch, rng, frozen → (state, metrics: the loss and the task's scalars, stats: the
   trainer's own 'grad_norm' and 'nonfinite'). The batch is split into `accum_steps`
-  micro-batches whose gradients are averaged before one optimizer update."""
+  micro-batches whose gradients are averaged before one optimizer update. frozen: the task's
+  frozen_params() (a teacher) or None. is_frozen: a tree of bools like the parameters, True
+  where optim.lr_multipliers freezes one; those are not differentiated at all (a linear probe
+  runs no backward pass through the frozen body), their gradient is reported as zero."""
 
-  def grads_of(params, batch, rng):
-    (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, rng)
-    return grads, dict(metrics, loss=loss)  # With the model's new state, if any (base.STATE).
+  def grads_of(params, batch, rng, frozen):
+    leaves, treedef = jax.tree.flatten(params)
+    fixed = jax.tree.leaves(is_frozen) if is_frozen is not None else [False] * len(leaves)
+    trained = [p for p, f in zip(leaves, fixed) if not f]
 
-  def step(state, batch, rng):
+    def loss_of(trained):
+      it = iter(trained)
+      merged = [p if f else next(it) for p, f in zip(leaves, fixed)]
+      return task.loss_fn(jax.tree.unflatten(treedef, merged), batch, rng, frozen)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trained)
+    it = iter(grads)
+    grads = [jnp.zeros_like(p) if f else next(it) for p, f in zip(leaves, fixed)]
+    # With the model's new state, if any (base.STATE).
+    return jax.tree.unflatten(treedef, grads), dict(metrics, loss=loss)
+
+  def step(state, batch, rng, frozen):
     rng = jax.random.fold_in(rng, state['step'])
     params = state['params']
     if accum_steps == 1:
-      grads, metrics = grads_of(params, batch, rng)
+      grads, metrics = grads_of(params, batch, rng, frozen)
     else:
       # Micro-batch i = rows i, i + accum, ...: every device keeps a share of each one.
       micro = jax.tree.map(
@@ -56,10 +72,11 @@ def make_train_step(task, tx, accum_steps):
 
       def body(carry, inputs):
         i, mb = inputs
-        g, m = grads_of(params, mb, jax.random.fold_in(rng, i))
+        g, m = grads_of(params, mb, jax.random.fold_in(rng, i), frozen)
         return jax.tree.map(jnp.add, carry, (g, m)), None
 
-      zeros = jax.eval_shape(grads_of, params, jax.tree.map(lambda x: x[0], micro), rng)
+      zeros = jax.eval_shape(grads_of, params, jax.tree.map(lambda x: x[0], micro), rng,
+                             frozen)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
       (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
@@ -110,8 +127,12 @@ class Trainer:
                                                     config.mesh.fsdp_min_size)
     batch_sh = sharding.batch_sharding(self.mesh)
     traced = lambda fn: sharding.traced_under(self.mesh, fn)
-    self.train_step = jax.jit(traced(make_train_step(self.task, self.tx, config.accum_steps)),
-                              in_shardings=(self.state_shardings, batch_sh, replicated),
+    is_frozen = optim.frozen_mask(self.abstract_state['params'], config.optim.lr_multipliers)
+    self.frozen = None  # The task's frozen_params() on the devices, once load_frozen() ran.
+    self._train_step = jax.jit(traced(make_train_step(self.task, self.tx, config.accum_steps,
+                                                     is_frozen)),
+                              in_shardings=(self.state_shardings, batch_sh, replicated,
+                                            replicated),
                               out_shardings=(self.state_shardings, replicated, replicated),
                               donate_argnums=0)
 
@@ -124,6 +145,46 @@ class Trainer:
     self.eval_step = jax.jit(traced(eval_step),
                              in_shardings=(self.state_shardings['params'], batch_sh),
                              out_shardings=replicated)
+
+    def features_step(params, batch):
+      features, labels = self.task.representation(params, batch)
+      return {'x': features, 'y': labels, pipeline.WEIGHT: batch[pipeline.WEIGHT]}
+
+    self.features_step = jax.jit(traced(features_step),
+                                 in_shardings=(self.state_shardings['params'], batch_sh),
+                                 out_shardings=replicated)
+
+  def features(self, params, source, preprocess):
+    """(features [N, D], labels [N]) of every example of `source`, numpy, in order."""
+    out = []
+    for local in pipeline.eval_batches(source, preprocess, self.local_eval_batch,
+                                       num_threads=self.config.data.num_threads):
+      batch = sharding.to_host(self.features_step(params, sharding.global_batch(local,
+                                                                                self.mesh)))
+      keep = batch[pipeline.WEIGHT] > 0
+      out.append((batch['x'][keep], batch['y'][keep]))
+    return np.concatenate([x for x, _ in out]), np.concatenate([y for _, y in out])
+
+  def fewshot(self, datasets):
+    """The few-shot evaluator of config.fewshot over these datasets, or None when off."""
+    c = self.config.get('fewshot')
+    if not c or not c.every:
+      return None
+    jax.eval_shape(self.task.representation, self.abstract_state['params'],
+                   self.task.dummy_batch(2))  # A task without features fails here, early.
+    return fewshot_lib.FewShot(datasets.train, datasets.eval, self.task.model.num_classes,
+                               shots=tuple(c.shots), validation_per_class=c.validation_per_class,
+                               seed=self.config.seed)
+
+  def load_frozen(self):
+    """Places the task's frozen parameters (a teacher), if any, replicated on the mesh."""
+    frozen = self.task.frozen_params()
+    if frozen is not None:
+      self.frozen = jax.device_put(frozen, sharding.replicated(self.mesh))
+
+  def train_step(self, state, batch, rng):
+    """One optimizer step (make_train_step), jitted; `state` is donated."""
+    return self._train_step(state, batch, rng, self.frozen)
 
   def initial_state(self):
     """Fresh parameters (or fine-tuning ones from config.pretrained.path), placed sharded."""
@@ -251,9 +312,11 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
   log = tqdm.tqdm.write if main_process else (lambda *_: None)
   log(f'Running on {describe_devices(trainer.mesh)}.')
   datasets = trainer.task.datasets()
+  trainer.load_frozen()
   if config.get('check_data', True):
     trainer.task.check_data(datasets)
   train_source, eval_source, preprocess = datasets
+  fewshot = trainer.fewshot(datasets)
   checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir)
 
@@ -331,6 +394,14 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_at_step=None):
           writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items() if k != 'count'})
           log(format_eval(step, eval_metrics))
           timed, window_start = 0, time.perf_counter()  # Eval time is not training throughput.
+        if fewshot and (step % config.fewshot.every == 0 or step == config.total_steps):
+          scores = fewshot.evaluate(
+              lambda source: trainer.features(state['params'], source, preprocess.eval))
+          writer.write(step, {f'fewshot/{k}': v for k, v in scores.items()})
+          log(f'step {step}: few-shot ' + ', '.join(
+              f'{k[:-len("shot_accuracy")]}-shot {v:.4f}' for k, v in scores.items()
+              if k.endswith('accuracy')))
+          timed, window_start = 0, time.perf_counter()
   except OSError as e:  # Metrics and logs share the checkpoints' disk.
     if isinstance(e, errors.DiskFull) or not checkpoint_lib.out_of_space(e):
       raise

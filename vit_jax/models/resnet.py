@@ -205,4 +205,5 @@ class ResNetClassifier(nn.Module):
   def __call__(self, image, train=False):
     features = ResNet(**self.backbone, dtype=self.dtype, name='resnet')(image, train)
     pooled = conv_lib.global_avg_pool(features[f'stage{len(features)}'])
+    self.sow('intermediates', 'pre_logits', pooled)  # Frozen features (few-shot evaluation).
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pooled).astype(jnp.float32)

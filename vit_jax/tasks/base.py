@@ -25,6 +25,7 @@ import abc
 import functools
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
+from vit_jax import errors
 from vit_jax import pretrained
 from vit_jax.data import pipeline
 from vit_jax.layers import kernels
@@ -114,8 +115,10 @@ class Task(abc.ABC):
     """→ freshly initialised parameters (a nested dict) for a batch like `dummy_batch`'s."""
 
   @abc.abstractmethod
-  def loss_fn(self, params: Params, batch: Batch, rng) -> Tuple[Any, Dict[str, Any]]:
-    """Training loss of one batch. rng: the step's dropout key.
+  def loss_fn(self, params: Params, batch: Batch, rng, frozen: Optional[Params] = None
+              ) -> Tuple[Any, Dict[str, Any]]:
+    """Training loss of one batch. rng: the step's dropout key; frozen: `frozen_params()`'s
+    parameters (a teacher), placed on the devices, or None.
 
     → (loss scalar to minimise, {name: scalar} more to log, e.g. accuracy; not the loss; and
     for a model with state, STATE: {collection: new value}, e.g. updated batch statistics).
@@ -153,6 +156,19 @@ class Task(abc.ABC):
     fresh = self.head if self.config.pretrained.reset_head else ()
     return pretrained.fit(params, pretrained.load_npz(path), fresh=fresh,
                           source=f'Checkpoint {path!r}', what=f'the {self.config.task} model')
+
+  def representation(self, params: Params, batch: Batch) -> Tuple[Any, Any]:
+    """(features [B, D], integer labels [B]) of an eval batch, for few-shot linear evaluation
+    of frozen features (evaluators/fewshot.py, config.fewshot); classifiers define it."""
+    raise errors.UserError(f'Few-shot evaluation needs features and labels, which task '
+                           f'{self.config.task!r} does not give; set fewshot.every=0.')
+
+  def frozen_params(self) -> Optional[Params]:
+    """Parameters the loss reads but never trains (a distillation teacher), or None. Called
+    once when training starts; the trainer places them on the mesh and passes them to every
+    step as `loss_fn`'s `frozen` (an argument, not constants compiled into the step): no
+    gradient, no optimizer state, not checkpointed or exported."""
+    return None
 
   def checkpoint_hint(self) -> str:
     """Said when a checkpoint does not fit the model (e.g. which vocabulary sized it)."""

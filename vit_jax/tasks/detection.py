@@ -171,7 +171,8 @@ class DetectionTask(base.Task):
   def _loss_settings(self):
     return {k: v for k, v in self.config.loss.items() if k != 'aux_loss'}
 
-  def loss_fn(self, params, batch, rng):
+  def loss_fn(self, params, batch, rng, frozen=None):
+    del frozen  # No teacher.
     outputs, _ = self.model.apply({'params': params}, batch['image'], batch['pixel_mask'],
                                   train=True, rngs={'dropout': rng})
     return set_criterion(self._loss_outputs(outputs), batch, num_classes=self.model.num_classes,

@@ -171,9 +171,10 @@ class TranslationTask(base.Task):
   def init(self, rng, batch):
     return self.model.init({'params': rng}, batch['source'], batch['target_in'])['params']
 
-  def loss_fn(self, params, batch, rng):
+  def loss_fn(self, params, batch, rng, frozen=None):
     """Label-smoothed cross-entropy over real target tokens, normalised by their number.
     Packed rows (data.pack) carry segment ids and positions, so packed pairs stay apart."""
+    del frozen  # No teacher.
     packing = {k: batch[k] for k in PACKING} if self.config.data.pack else {}
     logits, _ = self.model.apply({'params': params}, batch['source'], batch['target_in'],
                                  **packing, train=True, rngs={'dropout': rng})
