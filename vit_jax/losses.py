@@ -44,3 +44,11 @@ def ratio(pair):
   with no weight gives 0, not NaN)."""
   total, weight = pair
   return total / jnp.maximum(weight, 1.0)
+
+
+def soft_distillation(student_logits, teacher_logits, temperature):
+  """τ² · KL(softmax(teacher / τ) ‖ softmax(student / τ)) per example [...] (Hinton et al.
+  2015; DeiT §5.2): the τ² keeps the gradient's scale independent of τ."""
+  teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+  student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+  return temperature ** 2 * (jnp.exp(teacher) * (teacher - student)).sum(-1)

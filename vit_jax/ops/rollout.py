@@ -19,7 +19,8 @@ def attention_rollout(weights, residual=0.5):
 
 
 def class_token_map(rolled, grid):
-  """The class token's row over the patches, as a [B, rows, cols] map that sums to 1."""
-  patches = rolled[:, 0, 1:]
+  """The class token's row over the patches, as a [B, rows, cols] map that sums to 1 (the
+  patches are the last rows · cols tokens, after the class and any distillation token)."""
+  patches = rolled[:, 0, -grid[0] * grid[1]:]
   patches = patches / patches.sum(axis=-1, keepdims=True)
   return patches.reshape((-1,) + tuple(grid))

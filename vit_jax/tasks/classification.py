@@ -15,6 +15,7 @@ from vit_jax.models import sizes
 from vit_jax.models import vit
 from vit_jax.ops import rollout
 from vit_jax.tasks import base
+from vit_jax.tasks import distillation
 
 
 CLASSES = 'classes.json'  # Image folders: the class name of each label, saved in the workdir.
@@ -25,6 +26,8 @@ class ClassificationTask(base.Task):
   artifacts = (CLASSES,)
 
   def build_model(self):
+    if 'distillation' in self.config:
+      distillation.check(self.config)
     return sizes.build(vit.VisionTransformer, vit.decode_variant, self.config.model,
                        compute=base.compute_options(self.config))
 
@@ -83,20 +86,50 @@ class ClassificationTask(base.Task):
     return pretrained.load_vit(params, pretrained.load_npz(path), grid,
                                self.config.pretrained.reset_head, source=f'Checkpoint {path!r}')
 
-  def loss_fn(self, params, batch, rng):
-    logits, _ = self.model.apply({'params': params}, batch['image'], train=True,
-                                 rngs={'dropout': rng})
+  @functools.cached_property
+  def teacher(self):
+    """DeiT's frozen teacher (tasks/distillation.py), or None."""
+    distilling = self.model.distillation  # Checks the distillation settings first.
+    return distillation.Teacher(self.config) if distilling else None
+
+  def frozen_params(self):
+    return self.teacher.params if self.teacher else None
+
+  def loss_fn(self, params, batch, rng, frozen=None):
+    """Cross-entropy with the labels; with a teacher, DeiT's objective (frozen: its
+    parameters)."""
+    logits, aux = self.model.apply({'params': params}, batch['image'], train=True,
+                                   rngs={'dropout': rng})
+    accuracy = losses.ratio(losses.weighted_accuracy(logits, batch['label']))
+    if self.model.distillation:
+      teacher_logits = self.teacher.logits(frozen, batch['image'])
+      loss, terms = distillation.loss(self.config, aux, batch['label'], teacher_logits)
+      return loss, dict(terms, accuracy=accuracy)
     label_smoothing = self.config.get('label_smoothing', 0.0)
     loss = losses.ratio(losses.weighted_cross_entropy(logits, batch['label'],
                                                       label_smoothing=label_smoothing))
-    return loss, {'accuracy': losses.ratio(losses.weighted_accuracy(logits, batch['label']))}
+    return loss, {'accuracy': accuracy}
 
   # Evaluation ----------------------------------------------------------------------------------
   def eval_step(self, params, batch):
-    logits, _ = self.model.apply({'params': params}, batch['image'])
+    """Accuracy and loss; a DeiT model's heads are also scored alone."""
+    logits, aux = self.model.apply({'params': params}, batch['image'])
     weight = batch[pipeline.WEIGHT]
-    return {'accuracy': losses.weighted_accuracy(logits, batch['label'], weight),
-            'loss': losses.weighted_cross_entropy(logits, batch['label'], weight)}, {}
+    pairs = {'accuracy': losses.weighted_accuracy(logits, batch['label'], weight),
+             'loss': losses.weighted_cross_entropy(logits, batch['label'], weight)}
+    if self.model.distillation:
+      for head in ('cls', 'distillation'):
+        pairs[f'accuracy_{head}_head'] = losses.weighted_accuracy(aux[f'{head}_logits'],
+                                                                  batch['label'], weight)
+    return pairs, {}
+
+  def representation(self, params, batch):
+    """The head's input (`pre_logits`): the class token, or the mean token with 'gap'."""
+    return self.model.apply({'params': params}, batch['image'])[1]['pre_logits'], batch['label']
+
+  def logits(self, params, images):
+    """Logits [B, C] for preprocessed images [B, H, W, C] (as a teacher, see distillation)."""
+    return self.model.apply({'params': params}, images)[0]
 
   def predict(self, params, images, return_attention=False):
     """(class probabilities [B, C], aux) for preprocessed images [B, H, W, C]."""

@@ -32,14 +32,17 @@ class CnnClassificationTask(classification.ClassificationTask):
   def model_dim(self):
     return None
 
+  def frozen_params(self):
+    return None  # A ResNet has no distillation token: it teaches, it is not taught.
+
   def init(self, rng, batch):
     return base.with_state(self.model.init({'params': rng}, batch['image'], train=False))
 
   def load_pretrained(self, params, path):
     return base.Task.load_pretrained(self, params, path)  # Same layout; no grid to resize.
 
-  def loss_fn(self, params, batch, rng):
-    del rng  # No dropout.
+  def loss_fn(self, params, batch, rng, frozen=None):
+    del rng, frozen  # No dropout, no teacher.
     logits, state = self.model.apply(base.split_state(params), batch['image'], train=True,
                                      mutable=list(base.STATE_COLLECTIONS))
     loss = losses.ratio(losses.weighted_cross_entropy(
@@ -53,9 +56,17 @@ class CnnClassificationTask(classification.ClassificationTask):
     return {'accuracy': losses.weighted_accuracy(logits, batch['label'], weight),
             'loss': losses.weighted_cross_entropy(logits, batch['label'], weight)}, {}
 
+  def representation(self, params, batch):
+    """The head's input: the last stage's globally pooled features."""
+    _, sown = self.model.apply(base.split_state(params), batch['image'], mutable=['intermediates'])
+    return sown['intermediates']['pre_logits'][0], batch['label']
+
+  def logits(self, params, images):
+    return self.model.apply(base.split_state(params), images)
+
   def predict(self, params, images, return_attention=False):
     del return_attention
-    return flax.linen.softmax(self.model.apply(base.split_state(params), images)), {}
+    return flax.linen.softmax(self.logits(params, images)), {}
 
   def write_plots(self, params, workdir, num_images=8, num_examples=500):
     """The module's attention over a few test images, from its deepest map of at least 4x4:
