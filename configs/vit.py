@@ -42,8 +42,8 @@ def get_config(arg=''):
       variant='XS/2', num_classes=10, patch_size=placeholder(int),
       hidden_size=placeholder(int), num_layers=placeholder(int), num_heads=placeholder(int),
       mlp_dim=placeholder(int), dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0,
-      classifier='token', representation_size=placeholder(int), activation='gelu',
-      distillation=False))
+      classifier='token', posemb='learn', representation_size=placeholder(int),
+      activation='gelu', distillation=False))
   # DeiT (tasks/distillation.py): the teacher is an .npz written by --mode=export; its config
   # is the config.json beside it unless teacher_config says where.
   c.distillation = ml_collections.ConfigDict(dict(

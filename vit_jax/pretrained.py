@@ -125,17 +125,55 @@ def fit(init_params, restored, *, fresh=(), source='Checkpoint', what='the model
   return unflatten(merged)
 
 
+# The current Linen modules' automatic names (the official code's models_vit.py, big_vision)
+# → the names in the published .npz files, written when Flax numbered modules across types.
+_LINEN_BLOCK = {'LayerNorm_0': 'LayerNorm_0', 'MultiHeadDotProductAttention_0':
+                'MultiHeadDotProductAttention_1', 'LayerNorm_1': 'LayerNorm_2',
+                'MlpBlock_0': 'MlpBlock_3'}
+_BLOCK_CHILD = re.compile(r'^(Transformer/encoderblock(?:_\d+)?/)([A-Za-z]+_\d+)(/.*)$')
+
+
+def to_published(flat):
+  """A ViT checkpoint in any layout that loads here → (the published layout, which layout it
+  was: 'published', 'Linen' or 'big_vision').
+
+  Linen: blocks hold LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0.
+  big_vision: Linen blocks, and a learned position embedding at the top ('pos_embedding', or
+  'Transformer/pos_embedding' in older files) added to the patches before a class token is
+  prepended; here the class token has a slot in the table, so it gets a zero row (the same
+  function). Its 'map' head (MAPHead_0) and fixed 'sincos2d' positions are model options.
+  """
+  flat, layout = dict(flat), 'published'
+  children = {m.group(2) for m in map(_BLOCK_CHILD.match, flat) if m}
+  if 'MlpBlock_0' in children:
+    layout = 'Linen'
+    flat = {(m.group(1) + _LINEN_BLOCK.get(m.group(2), m.group(2)) + m.group(3)
+             if (m := _BLOCK_CHILD.match(k)) else k): v for k, v in flat.items()}
+  for key in ('pos_embedding', 'Transformer/pos_embedding'):
+    if key in flat:
+      layout = 'big_vision'
+      table = flat.pop(key)
+      if 'cls' in flat:
+        table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
+      flat[POSEMB] = table
+  return flat, layout
+
+
 def load_vit(init_params, restored, grid, reset_head=True, source='Checkpoint'):
-  """Fine-tuning a ViT: `restored` (flat .npz dict) fitted to a model whose fresh params are
-  `init_params`. The position-embedding grid is resized to `grid` (patch rows, cols), the
-  head is kept from `init_params` when `reset_head` (new classes), and `pre_logits` is
-  dropped when the model has no representation layer; the rest as in `fit`.
+  """Fine-tuning a ViT: `restored` (flat .npz dict, in any layout `to_published` reads) fitted
+  to a model whose fresh params are `init_params`. The position-embedding grid is resized to
+  `grid` (patch rows, cols), keeping the leading class (and distillation) token rows; the head
+  is kept from `init_params` when `reset_head` (new classes), and `pre_logits` is dropped when
+  the model has no representation layer; the rest as in `fit`.
   """
   init = flatten(init_params)
+  restored, layout = to_published(restored)
+  if layout != 'published':
+    source = f'{source} (read in the {layout} layout)'
   restored = {k: v for k, v in restored.items()
               if not (k.startswith('pre_logits/') and k not in init)}
   if POSEMB in restored and POSEMB in init and restored[POSEMB].shape != init[POSEMB].shape:
-    prefix = init[POSEMB].shape[1] - grid[0] * grid[1]
+    prefix = sum(token in restored for token in ('cls', 'dist'))  # The file's own tokens.
     restored = dict(restored, **{POSEMB: resize_posemb(restored[POSEMB], grid, prefix)})
   return fit(init_params, restored, fresh=('head/',) if reset_head else (), source=source,
              what='the ViT')

@@ -256,6 +256,24 @@ class Encoder(nn.Module):
     return x, aux
 
 
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (big_vision's 'map' head, after Lee et al. 2019's PMA): one
+  learned probe attends over all tokens, then a residual MLP. [B, L, D] → [B, D]. Parameter
+  names are big_vision's, so its checkpoints load."""
+  config: BlockConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]))
+    probe = jnp.broadcast_to(probe, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+    y, _ = attention.MultiHeadAttention(c.num_heads, dtype=c.compute.dtype,
+                                        implementation=c.compute.attention_impl,
+                                        name='MultiHeadDotProductAttention_0')(probe, x)
+    z = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=c.compute.dtype, name='LayerNorm_0')(y)
+    return (y + MlpBlock(c, name='MlpBlock_0')(z))[:, 0]
+
+
 class Decoder(nn.Module):
   """A stack of decoder blocks. aux['layers'] holds every block's output (after the final
   norm when `norm_every_output`, as DETR's auxiliary losses need) and, when asked for,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from vit_jax import errors
 from vit_jax.layers import kernels
+from vit_jax.layers import posemb
 from vit_jax.layers import transformer
 
 # Table 1 of the paper (+ Ti/S from DeiT), and small widths for tests ('mu') and CPU runs
@@ -51,7 +52,8 @@ class VisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
-  classifier: str = 'token'
+  classifier: str = 'token'  # 'token', 'gap' (mean of the tokens) or 'map' (attention pooling).
+  posemb: str = 'learn'  # 'learn' (a table for every token) or 'sincos2d' (fixed, patches only).
   representation_size: Optional[int] = None
   activation: str = 'gelu'
   head_bias_init: float = 0.0
@@ -68,8 +70,11 @@ class VisionTransformer(nn.Module):
     softmax(d)) / 2) of the class head's c and the distillation head's d, which aux holds as
     'cls_logits' and 'distillation_logits' (the tokens then number N+2).
     """
-    if self.classifier not in ('token', 'gap'):
-      raise errors.UserError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
+    if self.classifier not in ('token', 'gap', 'map'):
+      raise errors.UserError(f"classifier must be 'token', 'gap' or 'map', got "
+                             f'{self.classifier!r}.')
+    if self.posemb not in ('learn', 'sincos2d'):
+      raise errors.UserError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}.")
     if self.distillation and self.classifier != 'token':
       raise errors.UserError("model.distillation=True needs model.classifier='token': the "
                              'distillation token sits beside the class token.')
@@ -83,6 +88,9 @@ class VisionTransformer(nn.Module):
     # flattened patches with the conv kernel [ph, pw, C, D] reshaped to [ph*pw*C, D].
     x = PatchEmbedding(self.hidden_size, (ph, pw), self.compute.dtype, name='embedding')(images)
     x = x.reshape(b, gh * gw, self.hidden_size)  # [B, N, D]
+    if self.posemb == 'sincos2d':  # big_vision's fixed alternative, on the patches alone.
+      x = x + posemb.sincos_2d(gh, gw, self.hidden_size).astype(x.dtype)[None]
+      x = nn.Dropout(self.dropout_rate)(x, not train)
 
     if self.classifier == 'token':
       names = ('cls', 'dist') if self.distillation else ('cls',)
@@ -94,12 +102,16 @@ class VisionTransformer(nn.Module):
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, droppath_rate=self.droppath_rate,
         norm_first=True, activation=self.activation, layer_norm_eps=1e-6, compute=self.compute)
-    x, aux = transformer.Encoder(self.num_layers, block, final_norm=True, posemb='learn',
+    learned = 'learn' if self.posemb == 'learn' else None
+    x, aux = transformer.Encoder(self.num_layers, block, final_norm=True, posemb=learned,
                                  name='Transformer')(x, deterministic=not train,
                                                      return_attention=return_attention)
     aux = dict(aux, tokens=x, grid=(gh, gw))
 
-    x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)  # [B, D]
+    if self.classifier == 'map':
+      x = transformer.MAPHead(block, name='MAPHead_0')(x)  # [B, D]
+    else:
+      x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)  # [B, D]
     if self.representation_size is not None:
       x = jnp.tanh(nn.Dense(self.representation_size, name='pre_logits')(x))
     aux['pre_logits'] = x

@@ -140,8 +140,8 @@ class ClassificationTask(base.Task):
   def attention_maps(self, params, images):
     """(class probabilities [B, C], attention rollout of the class token [B, rows, cols])."""
     if self.model.classifier != 'token':
-      raise errors.UserError("Attention rollout follows the class token; model.classifier='gap' "
-                             'has none.')
+      raise errors.UserError('Attention rollout follows the class token; '
+                             f'model.classifier={self.model.classifier!r} has none.')
     probs, aux = jax.device_get(self.predict(params, images, return_attention=True))
     return probs, rollout.class_token_map(rollout.attention_rollout(aux['attention']),
                                           aux['grid'])
