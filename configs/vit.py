@@ -17,7 +17,8 @@ Arguments (comma-separated) change the default:
                 (grayscale converted), random-resized crops and flips, the XS/8 model; set
                 --config.data.data_dir and --config.model.num_classes.
   VARIANT,NAME  a published variant on a prepared TFDS dataset, e.g. 'B/16,cifar10' with
-                --config.data.data_dir=~/tensorflow_datasets (224x224, random-resized crops).
+                --config.data.data_dir=~/tensorflow_datasets (224x224, random-resized crops);
+                hybrids (a BiT ResNet under the encoder) R50+B/16, R50+L/32, R26+S/32.
 Any value can be overridden: --config.total_steps=200 --config.model.dropout_rate=0.1
 """
 import ml_collections
@@ -32,7 +33,8 @@ TFDS_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'oxford_ii
 def get_config(arg=''):
   args = common.parse_args(arg, ['tiny', 'finetune', 'folder', 'mnist5k', 'deit'] +
                            sorted(TFDS_CLASSES),
-                           r'[A-Za-z]+/\d+', ' or a variant WIDTH/PATCH (e.g. B/16)')
+                           r'(R\d+\+)?[A-Za-z]+/\d+',
+                           ' or a variant WIDTH/PATCH (e.g. B/16, or a hybrid R50+B/16)')
   c = common.trainer_config()
   c.task = 'classification'
   c.label_smoothing = 0.0
@@ -43,7 +45,8 @@ def get_config(arg=''):
       hidden_size=placeholder(int), num_layers=placeholder(int), num_heads=placeholder(int),
       mlp_dim=placeholder(int), dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0,
       classifier='token', posemb='learn', representation_size=placeholder(int),
-      activation='gelu', distillation=False))
+      activation='gelu', distillation=False,
+      resnet_layers=placeholder(tuple), resnet_width_factor=placeholder(float)))
   # DeiT (tasks/distillation.py): the teacher is an .npz written by --mode=export; its config
   # is the config.json beside it unless teacher_config says where.
   c.distillation = ml_collections.ConfigDict(dict(

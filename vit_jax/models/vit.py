@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from vit_jax import errors
 from vit_jax.layers import kernels
+from vit_jax.models import bit
 from vit_jax.layers import posemb
 from vit_jax.layers import transformer
 
@@ -27,14 +28,27 @@ WIDTHS = {
 }
 
 
+# Hybrids (§3.1): the ResNet's units per stage, by (ResNet, overall stride) as published
+# (R50+B/16 keeps three stages, the third one longer; the /32 models have four).
+HYBRIDS = {('R50', 16): (3, 4, 9), ('R50', 32): (3, 4, 6, 3), ('R26', 32): (2, 2, 2, 2)}
+
+
 def decode_variant(variant):
-  """'B/16' → dict(hidden_size=768, ..., patch_size=16)."""
-  width, _, patch = variant.partition('/')
-  if width not in WIDTHS or not patch.isdigit():
+  """'B/16' → dict(hidden_size=768, ..., patch_size=16); a hybrid 'R50+B/16' → the ResNet's
+  stages and the patch size on its feature map that makes the overall stride 16 (1)."""
+  resnet, _, plain = variant.rpartition('+')
+  width, _, patch = plain.partition('/')
+  if width not in WIDTHS or not patch.isdigit() or (resnet and
+                                                    (resnet, int(patch)) not in HYBRIDS):
     raise errors.UserError(
         f'Unknown ViT variant {variant!r}; expected WIDTH/PATCH with WIDTH one of '
-        f'{list(WIDTHS)} and PATCH an integer, e.g. "B/16".')
-  return dict(WIDTHS[width], patch_size=int(patch))
+        f'{list(WIDTHS)} and PATCH an integer, e.g. "B/16", or a hybrid RESNET+WIDTH/STRIDE '
+        f'with RESNET/STRIDE one of {[f"{r}/{s}" for r, s in HYBRIDS]}, e.g. "R50+B/16".')
+  if not resnet:
+    return dict(WIDTHS[width], patch_size=int(patch))
+  layers = HYBRIDS[resnet, int(patch)]
+  return dict(WIDTHS[width], patch_size=int(patch) // bit.stride_of(layers),
+              resnet_layers=layers)
 
 
 class VisionTransformer(nn.Module):
@@ -58,7 +72,17 @@ class VisionTransformer(nn.Module):
   activation: str = 'gelu'
   head_bias_init: float = 0.0
   distillation: bool = False
+  # Hybrid (§3.1): a BiT ResNet's units per stage (models/bit.py) before the patch embedding,
+  # which then cuts its feature map into patches (of 1x1 in the published hybrids).
+  resnet_layers: Optional[Sequence[int]] = None
+  resnet_width_factor: float = 1.0
   compute: kernels.Compute = kernels.Compute()
+
+  def token_grid(self, height, width):
+    """(rows, cols) of patch tokens for images of height x width."""
+    ph, pw = (self.patch_size,) * 2 if isinstance(self.patch_size, int) else self.patch_size
+    shrink = bit.stride_of(self.resnet_layers) if self.resnet_layers else 1
+    return height // (shrink * ph), width // (shrink * pw)
 
   @nn.compact
   def __call__(self, images, *, train=False, return_attention=False):
@@ -79,10 +103,17 @@ class VisionTransformer(nn.Module):
       raise errors.UserError("model.distillation=True needs model.classifier='token': the "
                              'distillation token sits beside the class token.')
     ph, pw = (self.patch_size,) * 2 if isinstance(self.patch_size, int) else self.patch_size
-    b, h, w, c = images.shape
-    if h % ph or w % pw:
-      raise errors.UserError(f'Image size {h}x{w} is not divisible by the patch size {ph}x{pw}.')
-    gh, gw = h // ph, w // pw
+    h, w = images.shape[1:3]
+    shrink = bit.stride_of(self.resnet_layers) if self.resnet_layers else 1
+    if h % (shrink * ph) or w % (shrink * pw):
+      where = f' on a ResNet feature map 1/{shrink} of the image' if shrink > 1 else ''
+      raise errors.UserError(f'Image size {h}x{w} is not divisible by the patch size {ph}x{pw}'
+                             f'{where}.')
+    gh, gw = self.token_grid(h, w)
+    if self.resnet_layers:
+      images = bit.stem_and_stages(images, self.resnet_layers, self.resnet_width_factor,
+                                   self.compute.dtype)  # Names as in the published hybrids.
+    b = images.shape[0]
 
     # Patch embedding (§3.1): the conv of the published model, computed as one 2-D matmul of
     # flattened patches with the conv kernel [ph, pw, C, D] reshaped to [ph*pw*C, D].

@@ -80,9 +80,8 @@ class ClassificationTask(base.Task):
   def load_pretrained(self, params, path):
     """A ViT .npz (ours or a published one) at a new resolution: the position embeddings are
     resized to the new patch grid (pretrained.load_vit)."""
-    patch = self.model.patch_size
-    ph, pw = (patch, patch) if isinstance(patch, int) else patch
-    grid = (self.config.data.image_size // ph, self.config.data.image_size // pw)
+    size = self.config.data.image_size
+    grid = self.model.token_grid(size, size)
     return pretrained.load_vit(params, pretrained.load_npz(path), grid,
                                self.config.pretrained.reset_head, source=f'Checkpoint {path!r}')
 
