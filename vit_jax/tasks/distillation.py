@@ -67,7 +67,8 @@ class Teacher:
     self.task = tasks.get_task(teacher_config.task)(teacher_config)
     shapes = jax.eval_shape(self.task.init, jax.random.key(0), self.task.dummy_batch(2))
     self.params = pretrained.fit(shapes, pretrained.load_npz(d.teacher),
-                                 source=f'Teacher {d.teacher!r}', what=f'its config ({config_path})')
+                                 source=f'Teacher {d.teacher!r}',
+                                 what=f'its config ({config_path})')
 
   def logits(self, params, images):
     """[B, H, W, C] → the teacher's logits [B, classes], with no gradient flowing back."""
