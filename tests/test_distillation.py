@@ -22,10 +22,10 @@ from vit_jax.tasks import distillation
 FAVOURITE = 3  # The class the test teacher always predicts.
 
 
-def export_teacher(directory, **overrides):
-  """A ResNet teacher in its exported form (params.npz + its run's config.json) whose head
-  says FAVOURITE for every image."""
-  config = resnet_config.get_config('tiny')
+def export_teacher(directory, family=resnet_config, **overrides):
+  """A teacher in its exported form (params.npz + its run's config.json) whose head says
+  FAVOURITE for every image."""
+  config = family.get_config('tiny')
   config.update_from_flattened_dict(overrides)
   task = tasks.get_task(config.task)(config)
   params = jax.device_get(task.init(jax.random.key(0), task.dummy_batch(2)))
@@ -63,6 +63,12 @@ def test_hard_distillation_learns_the_frozen_teachers_answers(tmp_path):
   assert moments == 2 * student_size
   exported = pretrained.load_npz(train.export(config, str(tmp_path / 'student')))
   assert set(exported) == set(pretrained.flatten(params))
+
+
+def test_a_vit_teaches_too(tmp_path):
+  teacher = distillation.Teacher(deit(export_teacher(str(tmp_path), vit_config)))
+  images = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+  assert (teacher.logits(teacher.params, images).argmax(-1) == FAVOURITE).all()
 
 
 def test_soft_distillation_is_tau_squared_kl_with_the_tau_scaled_gradient():
