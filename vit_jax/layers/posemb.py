@@ -29,8 +29,10 @@ def sincos_2d(height, width, dim, temperature=10_000.0):
   return jnp.asarray(np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], 1), jnp.float32)
 
 
-def sine_2d(pixel_mask, num_features, temperature=10_000.0, normalize=True, scale=2 * math.pi):
-  """DETR's 2-D sine embedding from a padding mask.
+def sine_2d(pixel_mask, num_features, temperature=10_000.0, normalize=True, scale=2 * math.pi,
+            offset=0.0):
+  """DETR's 2-D sine embedding from a padding mask (Deformable DETR: offset 0.5, so a pixel's
+  position is its centre).
 
   pixel_mask [B, H, W] (True = real pixel) → [B, H, W, 2 * num_features], y features first.
   Positions are cumulative sums over real pixels, normalised to the unpadded extent, so the
@@ -41,8 +43,8 @@ def sine_2d(pixel_mask, num_features, temperature=10_000.0, normalize=True, scal
   x = jnp.cumsum(mask, axis=2)
   if normalize:
     eps = 1e-6
-    y = y / (y[:, -1:, :] + eps) * scale
-    x = x / (x[:, :, -1:] + eps) * scale
+    y = (y - offset) / (y[:, -1:, :] + eps) * scale
+    x = (x - offset) / (x[:, :, -1:] + eps) * scale
   dim_t = temperature ** (2 * (np.arange(num_features) // 2) / num_features)
   x = x[..., None] / dim_t
   y = y[..., None] / dim_t

@@ -1,0 +1,135 @@
+"""Deformable DETR against Hugging Face's DeformableDetrForObjectDetection with ported random
+weights (its pure PyTorch attention path), on padded images."""
+import jax
+import numpy as np
+import pytest
+
+from vit_jax.models import deformable_detr
+
+
+def images(seed=0, size=128):
+  """Two images on a 128x128 canvas, the second 112x96 (padded). Large enough that the
+  coarsest level is 2x2: GroupNorm over a 1x1 map is 0/0, which PyTorch rounds differently."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+  mask = np.ones((2, size, size), bool)
+  mask[1, 96:] = mask[1, :, 112:] = False
+  image[~mask] = 0.0
+  return image, mask
+
+
+def hf_model(box_refine, seed=0):
+  import torch
+  from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+  torch.manual_seed(seed)
+  backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                          layer_type='basic', out_features=['stage2', 'stage3', 'stage4'])
+  config = DeformableDetrConfig(
+      use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
+      num_queries=5, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4,
+      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_labels=3,
+      num_feature_levels=4, encoder_n_points=2, decoder_n_points=2, dropout=0.0,
+      auxiliary_loss=True, with_box_refine=box_refine)
+  model = DeformableDetrForObjectDetection(config).eval()
+  with torch.no_grad():  # Every parameter and frozen statistic away from its initial value.
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+      if 'running_var' in name:
+        p.copy_(torch.rand_like(p) + 0.5)
+      elif p.dtype == torch.float32:
+        p.copy_(p + torch.randn_like(p) * 0.1)
+  return model
+
+
+def port(model, box_refine):
+  t = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  conv = lambda p: {'kernel': t[f'{p}.weight'].transpose(2, 3, 1, 0)}
+  bn = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias'],
+                  'mean': t[f'{p}.running_mean'], 'var': t[f'{p}.running_var']}
+  dense = lambda p: {'kernel': t[f'{p}.weight'].T, 'bias': t[f'{p}.bias']}
+  norm = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias']}
+  mlp = lambda p: {'Dense_0': dense(f'{p}.fc1'), 'Dense_1': dense(f'{p}.fc2')}
+  deform = lambda p: {n: dense(f'{p}.{n}') for n in ('sampling_offsets', 'attention_weights',
+                                                       'value_proj', 'output_proj')}
+
+  def attention(p, heads=4):
+    d = t[f'{p}.q_proj.weight'].shape[0]
+    split = lambda n: {'kernel': t[f'{p}.{n}_proj.weight'].T.reshape(d, heads, -1),
+                       'bias': t[f'{p}.{n}_proj.bias'].reshape(heads, -1)}
+    return {'query': split('q'), 'key': split('k'), 'value': split('v'),
+            'out': {'kernel': t[f'{p}.o_proj.weight'].T.reshape(heads, -1, d),
+                    'bias': t[f'{p}.o_proj.bias']}}
+
+  b = 'model.backbone.model'
+  backbone = {'stem_conv': conv(f'{b}.embedder.embedder.convolution'),
+              'stem_bn': bn(f'{b}.embedder.embedder.normalization')}
+  for s in range(4):
+    p = f'{b}.encoder.stages.{s}.layers.0'
+    block = {f'conv{i}': conv(f'{p}.layer.{i}.convolution') for i in range(2)}
+    block.update({f'bn{i}': bn(f'{p}.layer.{i}.normalization') for i in range(2)})
+    if f'{p}.shortcut.convolution.weight' in t:
+      block.update(shortcut_conv=conv(f'{p}.shortcut.convolution'),
+                   shortcut_bn=bn(f'{p}.shortcut.normalization'))
+    backbone[f'stage{s + 1}_block0'] = block
+  params = {'backbone': backbone, 'level_embed': t['model.level_embed'],
+            'query_position_embeddings': t['model.query_position_embeddings.weight'],
+            'reference_points': dense('model.reference_points')}
+  for i in range(4):
+    params[f'input_proj_{i}'] = dict(conv(f'model.input_proj.{i}.0'),
+                                     bias=t[f'model.input_proj.{i}.0.bias'])
+    params[f'input_proj_{i}_norm'] = norm(f'model.input_proj.{i}.1')
+  e = 'model.encoder.layers.0'
+  params['encoder_layer_0'] = {'self_attn': deform(f'{e}.self_attn'),
+                               'self_attn_layer_norm': norm(f'{e}.self_attn_layer_norm'),
+                               'mlp': mlp(f'{e}.mlp'),
+                               'final_layer_norm': norm(f'{e}.final_layer_norm')}
+  for i in range(2):
+    d = f'model.decoder.layers.{i}'
+    params[f'decoder_layer_{i}'] = {
+        'self_attn': attention(f'{d}.self_attn'),
+        'self_attn_layer_norm': norm(f'{d}.self_attn_layer_norm'),
+        'encoder_attn': deform(f'{d}.encoder_attn'),
+        'encoder_attn_layer_norm': norm(f'{d}.encoder_attn_layer_norm'),
+        'mlp': mlp(f'{d}.mlp'), 'final_layer_norm': norm(f'{d}.final_layer_norm')}
+  box = lambda i: {f'Dense_{j}': dense(f'bbox_embed.{i}.layers.{j}') for j in range(3)}
+  if box_refine:
+    for i in range(2):
+      params[f'class_embed_{i}'], params[f'bbox_embed_{i}'] = dense(f'class_embed.{i}'), box(i)
+  else:
+    params['class_embed'], params['bbox_embed'] = dense('class_embed.0'), box(0)
+  return params
+
+
+@pytest.mark.parametrize('box_refine', [False, True])
+def test_parity_with_hugging_face_deformable_detr(box_refine):
+  import torch
+  hf = hf_model(box_refine)
+  image, mask = images()
+  with torch.no_grad():
+    out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
+             pixel_mask=torch.tensor(mask).long())
+  model = deformable_detr.DeformableDETR(
+      num_classes=3, num_queries=5, backbone_name='resnet-tiny', hidden_size=32, num_heads=4,
+      num_encoder_layers=1, num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0,
+      encoder_points=2, decoder_points=2, box_refine=box_refine)
+  params = port(hf, box_refine)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), image, mask)['params'])
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  jax.tree.map(lambda a, b: np.testing.assert_equal(np.shape(a), b.shape), params, expected)
+  outputs, aux = model.apply({'params': params}, image, mask)
+  assert aux['shapes'] == ((16, 16), (8, 8), (4, 4), (2, 2))  # C3-C5 and the extra level.
+  np.testing.assert_allclose(outputs['logits'][-1], out.logits.numpy(), atol=1e-4)
+  np.testing.assert_allclose(outputs['boxes'][-1], out.pred_boxes.numpy(), atol=1e-4)
+  # Every decoder layer (the auxiliary losses' inputs): its heads on its hidden state, from
+  # its reference points (refined ones after the first layer with box refinement).
+  references = [out.init_reference_points] + [out.intermediate_reference_points[:, i]
+                                              for i in range(1)]
+  for layer, reference in enumerate(references):
+    np.testing.assert_allclose(aux['reference'][layer], reference.numpy(), atol=1e-5)
+    with torch.no_grad():
+      hidden = out.intermediate_hidden_states[:, layer]
+      delta = hf.bbox_embed[layer](hidden)
+      logit = torch.log(reference.clamp(1e-5, 1) / (1 - reference).clamp(1e-5, 1))
+      delta[..., :reference.shape[-1]] += logit
+      np.testing.assert_allclose(outputs['logits'][layer], hf.class_embed[layer](hidden).numpy(),
+                                 atol=1e-4)
+      np.testing.assert_allclose(outputs['boxes'][layer], delta.sigmoid().numpy(), atol=1e-4)
