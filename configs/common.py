@@ -37,6 +37,7 @@ def trainer_config():
       name='adamw', learning_rate=1e-3, schedule='cosine', warmup_steps=100, end_lr_factor=0.0,
       weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
       clip_norm=1.0,
+      drop_steps=(),        # schedule='step': x0.1 at each of these steps.
       lr_multipliers=''))  # 'regex=factor,...' on parameter paths (first match); 0 freezes.
   # fsdp > 1: parameters and optimizer state sharded over that many devices (FSDP); arrays
   # under fsdp_min_size elements stay replicated.

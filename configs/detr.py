@@ -61,7 +61,8 @@ def get_config(arg=''):
     c.data.update(name='coco', train_split='train2017', eval_split='val2017', canvas=1333,
                   scales=tuple(range(480, 801, 32)), eval_size=800,
                   crop_scales=(400, 500, 600), crop_min=384, max_boxes=100)
-    c.optim.update(learning_rate=1e-4, schedule='constant', warmup_steps=0,
-                   lr_multipliers='backbone/(stem_|stage1_)=0,backbone/=0.1')
-    c.total_steps, c.batch_size = 500 * 1849, 64
+    c.model.attention_dropout_rate = 0.1
+    c.optim.update(learning_rate=1e-4, schedule='step', drop_steps=(400 * 1849,),
+                   warmup_steps=0, lr_multipliers='backbone/(stem_|stage1_)=0,backbone/=0.1')
+    c.total_steps, c.batch_size = 500 * 1849, 64  # x0.1 after 400 of the 500 epochs.
   return c

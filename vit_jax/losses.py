@@ -17,6 +17,14 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
+  """Per-element focal loss (Lin et al. 2017, Eq. 5) of independent sigmoid classes:
+  −α_t (1 − p_t)^γ log p_t, with α on the positives and 1 − α on the negatives (α < 0: no
+  weighting); in float32."""
+  return optax.sigmoid_focal_loss(logits.astype(jnp.float32), targets.astype(jnp.float32),
+                                  alpha=None if alpha < 0 else alpha, gamma=gamma)
+
+
 def _weighted(values, weights):
   if weights is None:
     return values.sum(), jnp.asarray(values.size, jnp.float32)

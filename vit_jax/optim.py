@@ -8,10 +8,11 @@ from vit_jax import errors
 
 
 def make_schedule(total_steps, learning_rate, schedule='cosine', warmup_steps=0,
-                  end_lr_factor=0.0, model_dim=None):
-  """Linear warmup, then 'cosine', 'linear' or 'constant' decay, or the Transformer's
-  'rsqrt' (lr = learning_rate · model_dim^-0.5 · min(step^-0.5, step · warmup^-1.5), paper
-  §5.3; model_dim is the model's width, which the trainer takes from the task)."""
+                  end_lr_factor=0.0, model_dim=None, drop_steps=()):
+  """Linear warmup, then 'cosine', 'linear' or 'constant' decay, 'step' (x0.1 at each of
+  `drop_steps`, as DETR and Deformable DETR train), or the Transformer's 'rsqrt'
+  (lr = learning_rate · model_dim^-0.5 · min(step^-0.5, step · warmup^-1.5), paper §5.3;
+  model_dim is the model's width, which the trainer takes from the task)."""
   if schedule == 'rsqrt':
     if not model_dim:
       raise errors.UserError(
@@ -26,6 +27,8 @@ def make_schedule(total_steps, learning_rate, schedule='cosine', warmup_steps=0,
       'linear': lambda: optax.linear_schedule(learning_rate, learning_rate * end_lr_factor,
                                               decay_steps),
       'constant': lambda: optax.constant_schedule(learning_rate),
+      'step': lambda: optax.piecewise_constant_schedule(
+          learning_rate, {int(s) - warmup_steps: 0.1 for s in drop_steps}),
   }
   if schedule not in decays:
     raise errors.UserError(
@@ -96,7 +99,7 @@ def frozen_mask(params, lr_multipliers):
 def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='cosine',
                    warmup_steps=0, end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
                    eps=1e-8, momentum=0.9, nesterov=False, clip_norm=None, model_dim=None,
-                   lr_multipliers=None):
+                   lr_multipliers=None, drop_steps=()):
   """Returns (optax transformation, learning-rate schedule). model_dim: see make_schedule.
 
   lr_multipliers ('regex=factor,...'): each group of parameters gets its own optimizer at
@@ -104,7 +107,7 @@ def make_optimizer(total_steps, *, name='adamw', learning_rate=1e-3, schedule='c
   factor 0 freezes a group with optax.set_to_zero, which keeps no optimizer state for it.
   """
   lr = make_schedule(total_steps, learning_rate, schedule, warmup_steps, end_lr_factor,
-                     model_dim)
+                     model_dim, drop_steps)
 
   def optimizer(rate):
     if name == 'adamw':

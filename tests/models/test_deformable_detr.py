@@ -1,10 +1,12 @@
 """Deformable DETR against Hugging Face's DeformableDetrForObjectDetection with ported random
-weights (its pure PyTorch attention path), on padded images."""
+weights (its pure PyTorch attention path), on padded images: outputs of every decoder layer,
+and each term of the focal set loss."""
 import jax
 import numpy as np
 import pytest
 
 from vit_jax.models import deformable_detr
+from vit_jax.tasks import detection
 
 
 def images(seed=0, size=128):
@@ -133,3 +135,34 @@ def test_parity_with_hugging_face_deformable_detr(box_refine):
       np.testing.assert_allclose(outputs['logits'][layer], hf.class_embed[layer](hidden).numpy(),
                                  atol=1e-4)
       np.testing.assert_allclose(outputs['boxes'][layer], delta.sigmoid().numpy(), atol=1e-4)
+
+
+def test_focal_set_loss_matches_hugging_face():
+  import torch
+  hf = hf_model(box_refine=False)
+  hf.config.class_cost = 2  # The paper's matching costs (A.3), as ours.
+  image, mask = images()
+  targets = {'labels': np.array([[2, 0, 0], [1, 2, 0]], np.int32),
+             'boxes': np.array([[[0.3, 0.4, 0.2, 0.3], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                [[0.5, 0.5, 0.4, 0.2], [0.2, 0.7, 0.1, 0.1], [0, 0, 0, 0]]],
+                               np.float32),
+             'valid': np.array([[True, False, False], [True, True, False]])}
+  labels = [{'class_labels': torch.tensor(targets['labels'][i][targets['valid'][i]]).long(),
+             'boxes': torch.tensor(targets['boxes'][i][targets['valid'][i]])} for i in range(2)]
+  with torch.no_grad():
+    out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
+             pixel_mask=torch.tensor(mask).long(), labels=labels)
+  model = deformable_detr.DeformableDETR(
+      num_classes=3, num_queries=5, backbone_name='resnet-tiny', hidden_size=32, num_heads=4,
+      num_encoder_layers=1, num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0,
+      encoder_points=2, decoder_points=2)
+  outputs, _ = model.apply({'params': port(hf, False)}, image, mask)
+  for layer, suffix in ((1, ''), (0, '_0')):  # The last layer, then the auxiliary one.
+    for matcher in ('scipy', 'device'):
+      _, terms = detection.set_criterion(
+          jax.tree.map(lambda x: x[layer:layer + 1], outputs), targets, num_classes=3,
+          class_weight=2.0, matcher=matcher, focal=(0.25, 2.0))
+      for ours, theirs in (('loss_ce', 'loss_ce'), ('loss_bbox', 'loss_bbox'),
+                           ('loss_giou', 'loss_giou')):
+        np.testing.assert_allclose(terms[ours], out.loss_dict[theirs + suffix].item(),
+                                   rtol=1e-4, err_msg=f'{theirs}{suffix}, {matcher}')

@@ -16,11 +16,20 @@ from vit_jax.ops import boxes as box_ops
 
 
 def match_cost(logits, pred_boxes, labels, target_boxes, valid, *, class_weight=1.0,
-               l1_weight=5.0, giou_weight=2.0):
-  """[..., Q, T] cost: −p(class) · w_class + L1 · w_l1 − GIoU · w_giou. Padded target
+               l1_weight=5.0, giou_weight=2.0, focal=None):
+  """[..., Q, T] cost: class cost · w_class + L1 · w_l1 − GIoU · w_giou. The class cost is
+  −p(class) of the softmax (DETR), or with focal=(α, γ), sigmoid scores, the focal loss of
+  calling the query the target's class minus that of not (Deformable DETR). Padded target
   columns get a constant cost, which changes no optimum while Q ≥ T."""
-  prob = jax.nn.softmax(logits.astype(jnp.float32), -1)  # [..., Q, C+1]
-  class_cost = -jnp.take_along_axis(prob, labels[..., None, :], axis=-1)  # [..., Q, T]
+  if focal is None:
+    prob = jax.nn.softmax(logits.astype(jnp.float32), -1)  # [..., Q, C+1]
+    class_cost = -jnp.take_along_axis(prob, labels[..., None, :], axis=-1)  # [..., Q, T]
+  else:
+    alpha, gamma = focal
+    prob = jax.nn.sigmoid(logits.astype(jnp.float32))  # [..., Q, C]
+    positive = alpha * (1 - prob) ** gamma * -jnp.log(prob + 1e-8)
+    negative = (1 - alpha) * prob ** gamma * -jnp.log(1 - prob + 1e-8)
+    class_cost = jnp.take_along_axis(positive - negative, labels[..., None, :], axis=-1)
   l1 = jnp.abs(pred_boxes[..., :, None, :] - target_boxes[..., None, :, :]).sum(-1)
   giou = box_ops.pairwise_generalized_iou(box_ops.cxcywh_to_xyxy(pred_boxes),
                                           box_ops.cxcywh_to_xyxy(target_boxes))

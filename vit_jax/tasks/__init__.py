@@ -7,6 +7,7 @@ from vit_jax import errors
 TASKS = {
     'classification': 'vit_jax.tasks.classification:ClassificationTask',
     'cnn_classification': 'vit_jax.tasks.cnn_classification:CnnClassificationTask',
+    'deformable_detection': 'vit_jax.tasks.deformable_detection:DeformableDetectionTask',
     'detection': 'vit_jax.tasks.detection:DetectionTask',
     'rnn_seq2seq': 'vit_jax.tasks.rnn_seq2seq:RnnSeq2SeqTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',

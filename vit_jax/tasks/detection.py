@@ -40,7 +40,7 @@ def make_source(c, split):
 
 
 def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1.0,
-                  l1_weight=5.0, giou_weight=2.0, matcher='scipy'):
+                  l1_weight=5.0, giou_weight=2.0, matcher='scipy', focal=None):
   """The set loss's parts (§3.1, A.2) per decoder layer and image, after Hungarian matching.
 
   outputs: 'logits' [L, B, Q, C+1], 'boxes' [L, B, Q, 4]; targets: 'labels' [B, T],
@@ -49,6 +49,11 @@ def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1
   matched boxes of the L1 distance and of 1 − GIoU); [B] 'boxes' (targets), 'correct'
   (matched queries of the last layer with the right class), 'cardinality' (|predicted
   objects − targets| in the last layer).
+
+  focal=(α, γ): Deformable DETR's sigmoid classes instead ('logits' [L, B, Q, C], no
+  no-object class): 'ce' is the focal loss summed over every query and class (unmatched
+  queries are negatives for every class), 'ce_weight' the image's target boxes, and a query
+  predicts an object when its best score is over 0.5.
   """
   logits, pred = outputs['logits'], outputs['boxes']
   num_layers, _, num_queries = logits.shape[:3]
@@ -56,21 +61,28 @@ def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1
   layers = lambda x: jnp.broadcast_to(x[None], (num_layers,) + x.shape)
   cost = matching.match_cost(logits, pred, layers(targets['labels']), layers(targets['boxes']),
                              layers(valid), class_weight=class_weight, l1_weight=l1_weight,
-                             giou_weight=giou_weight)
+                             giou_weight=giou_weight, focal=focal)
   assign = matching.hungarian(cost, layers(valid), matcher)  # [L, B, T]: query of each target.
   matched = (assign[..., None, :] == jnp.arange(num_queries)[:, None]) & valid[None, :, None]
   target_class = jnp.where(matched.any(-1), (matched * targets['labels'][None, :, None]).sum(-1),
                            num_classes)  # [L, B, Q]
-  class_w = jnp.where(target_class == num_classes, eos_coef, 1.0)
-  nll = losses.softmax_cross_entropy(logits, target_class)
+  if focal is None:
+    class_w = jnp.where(target_class == num_classes, eos_coef, 1.0)
+    nll = losses.softmax_cross_entropy(logits, target_class)
+    ce, ce_weight = (nll * class_w).sum(-1), class_w.sum(-1)
+    predicted = (logits[-1].argmax(-1) != num_classes).sum(-1)
+  else:  # One-hot of the matched class; no-object (= num_classes) is all zeros.
+    onehot = jax.nn.one_hot(target_class, num_classes)
+    ce = losses.sigmoid_focal_loss(logits, onehot, *focal).sum((-2, -1))  # [L, B]
+    ce_weight = layers(valid.sum(-1).astype(jnp.float32))
+    predicted = (jax.nn.sigmoid(logits[-1]).max(-1) > 0.5).sum(-1)
   matched_pred = jnp.take_along_axis(pred, jnp.maximum(assign, 0)[..., None], axis=2)
   target_boxes = layers(targets['boxes'])
   l1 = jnp.abs(matched_pred - target_boxes).sum(-1)
   giou = box_ops.generalized_iou(box_ops.cxcywh_to_xyxy(matched_pred),
                                  box_ops.cxcywh_to_xyxy(target_boxes))
   matched_logits = jnp.take_along_axis(logits[-1], jnp.maximum(assign[-1], 0)[..., None], 1)
-  predicted = (logits[-1].argmax(-1) != num_classes).sum(-1)
-  return {'ce': (nll * class_w).sum(-1), 'ce_weight': class_w.sum(-1),
+  return {'ce': ce, 'ce_weight': ce_weight,
           'l1': (l1 * valid).sum(-1), 'giou': ((1 - giou) * valid).sum(-1),
           'boxes': valid.sum(-1), 'correct': ((matched_logits.argmax(-1) == targets['labels'])
                                               * valid).sum(-1),
@@ -78,18 +90,22 @@ def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1
 
 
 def set_criterion(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1.0,
-                  l1_weight=5.0, giou_weight=2.0, matcher='scipy'):
+                  l1_weight=5.0, giou_weight=2.0, matcher='scipy', focal=None):
   """DETR's set loss of a batch, summed over the decoder layers given (auxiliary losses).
 
   As in DETR: the cross-entropy is a weighted mean over every query of the batch, L1 and
-  GIoU are normalised by the number of target boxes in the batch (at least 1).
+  GIoU are normalised by the number of target boxes in the batch (at least 1); with `focal`
+  (Deformable DETR) the focal loss's sum is normalised by the target boxes too.
   → (loss, metrics of the last layer).
   """
   t = matched_terms(outputs, targets, num_classes=num_classes, eos_coef=eos_coef,
                     class_weight=class_weight, l1_weight=l1_weight, giou_weight=giou_weight,
-                    matcher=matcher)
+                    matcher=matcher, focal=focal)
   num_boxes = jnp.maximum(t['boxes'].sum(), 1)
-  loss_ce = t['ce'].sum(1) / t['ce_weight'].sum(1)  # [L]
+  if focal is None:
+    loss_ce = t['ce'].sum(1) / t['ce_weight'].sum(1)  # [L]
+  else:
+    loss_ce = t['ce'].sum(1) / num_boxes
   loss_l1 = t['l1'].sum(1) / num_boxes
   loss_giou = t['giou'].sum(1) / num_boxes
   per_layer = class_weight * loss_ce + l1_weight * loss_l1 + giou_weight * loss_giou
@@ -105,7 +121,8 @@ def image_losses(t, *, class_weight=1.0, l1_weight=5.0, giou_weight=2.0):
   """matched_terms → each image's own set loss [B] (summed over layers), normalised within
   the image: what evaluation averages, so it does not depend on how images are batched."""
   boxes = jnp.maximum(t['boxes'], 1)
-  per_layer = (class_weight * t['ce'] / t['ce_weight'] + l1_weight * t['l1'] / boxes +
+  per_layer = (class_weight * t['ce'] / jnp.maximum(t['ce_weight'], 1e-9) +
+               l1_weight * t['l1'] / boxes +
                giou_weight * t['giou'] / boxes)
   return per_layer.sum(0)
 
@@ -191,7 +208,7 @@ class DetectionTask(base.Task):
     pairs = {'loss': losses.weighted_mean(loss, weight),
              'class_error': ((100.0 * (t['boxes'] - t['correct']) * weight).sum(), boxes.sum()),
              'cardinality_error': losses.weighted_mean(t['cardinality'], weight)}
-    scores, labels, pred_boxes = postprocess(outputs['logits'][-1], outputs['boxes'][-1])
+    scores, labels, pred_boxes = self.postprocess(outputs['logits'][-1], outputs['boxes'][-1])
     return pairs, {'scores': scores, 'labels': labels, 'boxes': pred_boxes,
                    'image_id': batch['image_id'], 'orig_size': batch['orig_size']}
 
@@ -217,7 +234,11 @@ class DetectionTask(base.Task):
     """(scores, labels, normalised xyxy boxes, aux with attention) for a preprocessed batch."""
     outputs, aux = self.model.apply({'params': params}, batch['image'], batch['pixel_mask'],
                                     return_attention=return_attention)
-    return postprocess(outputs['logits'][-1], outputs['boxes'][-1]) + (aux,)
+    return self.postprocess(outputs['logits'][-1], outputs['boxes'][-1]) + (aux,)
+
+  def postprocess(self, logits, boxes):
+    """The last layer's outputs → (scores, labels, normalised xyxy boxes) per prediction."""
+    return postprocess(logits, boxes)
 
   def write_plots(self, params, workdir, num_images=4, threshold=0.7, top_k=3):
     """detections.png (boxes on eval images); for the objects found in the first image,
@@ -226,22 +247,7 @@ class DetectionTask(base.Task):
     the boxes scoring over `threshold`; in an image with none (an undertrained model), the
     `top_k` best, marked '(top)', so the pictures are always drawn."""
     from vit_jax import plots
-    _, source, preprocess = self.datasets()
-    examples = [source[i] for i in range(min(num_images, len(source)))]
-    batch = [preprocess.eval(e) for e in examples]
-    batch = {k: np.stack([b[k] for b in batch]) for k in ('image', 'pixel_mask')}
-    scores, labels, boxes, aux = jax.device_get(self.predict(params, batch))
-    names = self.sources[0].categories
-    panels, kept = [], []
-    for e, s, lab, b in zip(examples, scores, labels, boxes):
-      h, w = e['image'].shape[:2]
-      keep = np.flatnonzero(s > threshold)
-      mark = ''
-      if not len(keep):
-        keep, mark = np.argsort(-s)[:top_k], ' (top)'
-      kept.append(keep)
-      panels.append((e['image'], b[keep] * [w, h, w, h],
-                     [f'{names[lab[q]]} {s[q]:.2f}{mark}' for q in keep]))
+    examples, panels, kept, aux = self.detection_panels(params, num_images, threshold, top_k)
     paths = [plots.detections(panels, os.path.join(workdir, 'detections.png'),
                               f'Predicted boxes (score > {threshold}, else the top {top_k})')]
     cross = aux['decoder_attention'][-1]['cross'][0].mean(0)  # [Q, h*w], first image.
@@ -260,6 +266,27 @@ class DetectionTask(base.Task):
       paths.append(plots.attention_at_points(image, points, maps,
                                              os.path.join(workdir, 'encoder_attention.png')))
     return paths
+
+  def detection_panels(self, params, num_images, threshold, top_k):
+    """The first eval images with their kept predictions: (examples, panels (image, boxes in
+    pixels, captions), kept prediction indices per image, the model's aux)."""
+    _, source, preprocess = self.datasets()
+    examples = [source[i] for i in range(min(num_images, len(source)))]
+    batch = [preprocess.eval(e) for e in examples]
+    batch = {k: np.stack([b[k] for b in batch]) for k in ('image', 'pixel_mask')}
+    scores, labels, boxes, aux = jax.device_get(self.predict(params, batch))
+    names = self.sources[0].categories
+    panels, kept = [], []
+    for e, s, lab, b in zip(examples, scores, labels, boxes):
+      h, w = e['image'].shape[:2]
+      keep = np.flatnonzero(s > threshold)
+      mark = ''
+      if not len(keep):
+        keep, mark = np.argsort(-s)[:top_k], ' (top)'
+      kept.append(keep)
+      panels.append((e['image'], b[keep] * [w, h, w, h],
+                     [f'{names[lab[q]]} {s[q]:.2f}{mark}' for q in keep]))
+    return examples, panels, kept, aux
 
   @staticmethod
   def encoder_attention_at(aux, index, points, image_size):

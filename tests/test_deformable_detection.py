@@ -1,0 +1,42 @@
+"""Deformable DETR through the one trainer: top-k post-processing, a short training run on the
+embedded shapes, the configs. (The model and its focal set loss against Hugging Face's:
+tests/models/test_deformable_detr.py.)"""
+import numpy as np
+import pytest
+
+from configs import deformable_detr as config_lib
+from vit_jax import metrics
+from vit_jax import train
+from vit_jax.tasks import deformable_detection
+
+
+def test_topk_keeps_the_best_query_class_pairs():
+  logits = np.full((1, 3, 2), -10.0, np.float32)
+  logits[0, 2, 1], logits[0, 0, 0], logits[0, 2, 0] = 3.0, 2.0, 1.0
+  boxes = np.array([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.3, 0.3, 0.2, 0.4]]],
+                   np.float32)
+  scores, labels, xyxy = deformable_detection.topk_postprocess(logits, boxes, k=3)
+  np.testing.assert_allclose(scores[0], 1 / (1 + np.exp(-np.array([3.0, 2.0, 1.0]))), rtol=1e-6)
+  assert labels[0].tolist() == [1, 0, 0]
+  np.testing.assert_allclose(xyxy[0, 0], [0.2, 0.1, 0.4, 0.5], atol=1e-6)  # Query 2 twice.
+  np.testing.assert_allclose(xyxy[0, 2], xyxy[0, 0], atol=1e-6)
+
+
+def test_deformable_detr_trains_on_shapes_and_draws_boxes(tmp_path):
+  config = config_lib.get_config('tiny')
+  config.update_from_flattened_dict({'total_steps': 30, 'eval_every': 30, 'log_every': 5,
+                                     'checkpoint_every': 30, 'optim.learning_rate': 1e-3})
+  _, result = train.train_and_evaluate(config, str(tmp_path))
+  rows = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+  loss = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert loss[-1] < 0.85 * loss[0]
+  assert {'AP', 'AP50', 'loss', 'class_error'} <= set(result) and 0 <= result['AP'] <= 1
+  assert (tmp_path / 'detections.png').exists()
+
+
+@pytest.mark.parametrize('arg', ['refine', 'r50'])
+def test_configs_build(arg):
+  config = config_lib.get_config(arg)
+  assert config.model.box_refine == (arg == 'refine')
+  if arg == 'r50':
+    assert config.optim.schedule == 'step' and config.model.num_queries == 300
