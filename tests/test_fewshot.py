@@ -48,9 +48,8 @@ def test_shots_are_nested_per_class_and_validation_is_apart():
     fewshot.pick(lambda i: labels[i], 60, (1, 5), 20, 3)
 
 
-@pytest.mark.parametrize('config_module', [vit_config, resnet_config])
-def test_trainer_logs_fewshot_accuracies_on_schedule(tmp_path, config_module):
-  config = config_module.get_config('tiny')
+def test_trainer_logs_fewshot_accuracies_on_schedule(tmp_path):
+  config = vit_config.get_config('tiny')
   config.update_from_flattened_dict({'fewshot.every': 10, 'fewshot.shots': (1, 10),
                                      'total_steps': 20})
   train.train_and_evaluate(config, str(tmp_path))
@@ -61,3 +60,12 @@ def test_trainer_logs_fewshot_accuracies_on_schedule(tmp_path, config_module):
   # ten images per class do better than one.
   assert rows[-1]['fewshot/10shot_accuracy'] > max(0.3, rows[-1]['fewshot/1shot_accuracy'])
   assert rows[-1]['fewshot/10shot_l2'] in fewshot.L2_REGS
+
+
+def test_a_resnet_gives_its_pooled_features():
+  config = resnet_config.get_config('tiny')
+  trainer = train.Trainer(config)
+  params = trainer.initial_state()['params']
+  batch = trainer.task.dummy_batch(3)
+  features, labels = trainer.task.representation(params, batch)
+  assert features.shape == (3, 128) and labels.shape == (3,)  # The last stage's width.
