@@ -5,6 +5,8 @@ import jax
 import numpy as np
 import pytest
 
+from test_detr import Ported
+from test_detr import padded_targets
 from vit_jax.models import deformable_detr
 from vit_jax.tasks import detection
 
@@ -43,40 +45,16 @@ def hf_model(box_refine, seed=0):
 
 
 def port(model, box_refine):
-  t = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-  conv = lambda p: {'kernel': t[f'{p}.weight'].transpose(2, 3, 1, 0)}
-  bn = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias'],
-                  'mean': t[f'{p}.running_mean'], 'var': t[f'{p}.running_var']}
-  dense = lambda p: {'kernel': t[f'{p}.weight'].T, 'bias': t[f'{p}.bias']}
-  norm = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias']}
-  mlp = lambda p: {'Dense_0': dense(f'{p}.fc1'), 'Dense_1': dense(f'{p}.fc2')}
+  w = Ported(model)
+  t, dense, norm, mlp = w.t, w.dense, w.norm, w.mlp
   deform = lambda p: {n: dense(f'{p}.{n}') for n in ('sampling_offsets', 'attention_weights',
                                                        'value_proj', 'output_proj')}
-
-  def attention(p, heads=4):
-    d = t[f'{p}.q_proj.weight'].shape[0]
-    split = lambda n: {'kernel': t[f'{p}.{n}_proj.weight'].T.reshape(d, heads, -1),
-                       'bias': t[f'{p}.{n}_proj.bias'].reshape(heads, -1)}
-    return {'query': split('q'), 'key': split('k'), 'value': split('v'),
-            'out': {'kernel': t[f'{p}.o_proj.weight'].T.reshape(heads, -1, d),
-                    'bias': t[f'{p}.o_proj.bias']}}
-
-  b = 'model.backbone.model'
-  backbone = {'stem_conv': conv(f'{b}.embedder.embedder.convolution'),
-              'stem_bn': bn(f'{b}.embedder.embedder.normalization')}
-  for s in range(4):
-    p = f'{b}.encoder.stages.{s}.layers.0'
-    block = {f'conv{i}': conv(f'{p}.layer.{i}.convolution') for i in range(2)}
-    block.update({f'bn{i}': bn(f'{p}.layer.{i}.normalization') for i in range(2)})
-    if f'{p}.shortcut.convolution.weight' in t:
-      block.update(shortcut_conv=conv(f'{p}.shortcut.convolution'),
-                   shortcut_bn=bn(f'{p}.shortcut.normalization'))
-    backbone[f'stage{s + 1}_block0'] = block
+  backbone = w.resnet()
   params = {'backbone': backbone, 'level_embed': t['model.level_embed'],
             'query_position_embeddings': t['model.query_position_embeddings.weight'],
             'reference_points': dense('model.reference_points')}
   for i in range(4):
-    params[f'input_proj_{i}'] = dict(conv(f'model.input_proj.{i}.0'),
+    params[f'input_proj_{i}'] = dict(w.conv(f'model.input_proj.{i}.0'),
                                      bias=t[f'model.input_proj.{i}.0.bias'])
     params[f'input_proj_{i}_norm'] = norm(f'model.input_proj.{i}.1')
   e = 'model.encoder.layers.0'
@@ -87,7 +65,7 @@ def port(model, box_refine):
   for i in range(2):
     d = f'model.decoder.layers.{i}'
     params[f'decoder_layer_{i}'] = {
-        'self_attn': attention(f'{d}.self_attn'),
+        'self_attn': w.attention(f'{d}.self_attn'),
         'self_attn_layer_norm': norm(f'{d}.self_attn_layer_norm'),
         'encoder_attn': deform(f'{d}.encoder_attn'),
         'encoder_attn_layer_norm': norm(f'{d}.encoder_attn_layer_norm'),
@@ -142,13 +120,7 @@ def test_focal_set_loss_matches_hugging_face():
   hf = hf_model(box_refine=False)
   hf.config.class_cost = 2  # The paper's matching costs (A.3), as ours.
   image, mask = images()
-  targets = {'labels': np.array([[2, 0, 0], [1, 2, 0]], np.int32),
-             'boxes': np.array([[[0.3, 0.4, 0.2, 0.3], [0, 0, 0, 0], [0, 0, 0, 0]],
-                                [[0.5, 0.5, 0.4, 0.2], [0.2, 0.7, 0.1, 0.1], [0, 0, 0, 0]]],
-                               np.float32),
-             'valid': np.array([[True, False, False], [True, True, False]])}
-  labels = [{'class_labels': torch.tensor(targets['labels'][i][targets['valid'][i]]).long(),
-             'boxes': torch.tensor(targets['boxes'][i][targets['valid'][i]])} for i in range(2)]
+  targets, labels = padded_targets()
   with torch.no_grad():
     out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
              pixel_mask=torch.tensor(mask).long(), labels=labels)

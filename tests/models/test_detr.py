@@ -28,16 +28,32 @@ def hf_detr(num_queries=5, num_labels=3, seed=0):
   return model
 
 
-def port_hf_detr(model, heads=4):
-  """Hugging Face DetrForObjectDetection state → our parameter tree."""
-  t = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-  conv = lambda p: {'kernel': t[f'{p}.weight'].transpose(2, 3, 1, 0)}
-  bn = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias'],
-                  'mean': t[f'{p}.running_mean'], 'var': t[f'{p}.running_var']}
-  dense = lambda p: {'kernel': t[f'{p}.weight'].T, 'bias': t[f'{p}.bias']}
-  norm = lambda p: {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias']}
+class Ported:
+  """A Hugging Face model's state as pieces of our parameter tree (PyTorch layouts turned
+  into Flax's)."""
 
-  def attention(p):
+  def __init__(self, model, heads=4):
+    self.t, self.heads = {k: v.detach().numpy() for k, v in model.state_dict().items()}, heads
+
+  def conv(self, p):
+    return {'kernel': self.t[f'{p}.weight'].transpose(2, 3, 1, 0)}
+
+  def bn(self, p):
+    t = self.t
+    return {'scale': t[f'{p}.weight'], 'bias': t[f'{p}.bias'], 'mean': t[f'{p}.running_mean'],
+            'var': t[f'{p}.running_var']}
+
+  def dense(self, p):
+    return {'kernel': self.t[f'{p}.weight'].T, 'bias': self.t[f'{p}.bias']}
+
+  def norm(self, p):
+    return {'scale': self.t[f'{p}.weight'], 'bias': self.t[f'{p}.bias']}
+
+  def mlp(self, p):
+    return {'Dense_0': self.dense(f'{p}.fc1'), 'Dense_1': self.dense(f'{p}.fc2')}
+
+  def attention(self, p):
+    t, heads = self.t, self.heads
     d = t[f'{p}.q_proj.weight'].shape[0]
     split = lambda n: {'kernel': t[f'{p}.{n}_proj.weight'].T.reshape(d, heads, -1),
                        'bias': t[f'{p}.{n}_proj.bias'].reshape(heads, -1)}
@@ -45,18 +61,26 @@ def port_hf_detr(model, heads=4):
             'out': {'kernel': t[f'{p}.o_proj.weight'].T.reshape(heads, -1, d),
                     'bias': t[f'{p}.o_proj.bias']}}
 
-  mlp = lambda p: {'Dense_0': dense(f'{p}.fc1'), 'Dense_1': dense(f'{p}.fc2')}
-  b = 'model.backbone.model'
-  backbone = {'stem_conv': conv(f'{b}.embedder.embedder.convolution'),
-              'stem_bn': bn(f'{b}.embedder.embedder.normalization')}
-  for s in range(4):
-    p = f'{b}.encoder.stages.{s}.layers.0'
-    block = {f'conv{i}': conv(f'{p}.layer.{i}.convolution') for i in range(2)}
-    block.update({f'bn{i}': bn(f'{p}.layer.{i}.normalization') for i in range(2)})
-    if f'{p}.shortcut.convolution.weight' in t:
-      block.update(shortcut_conv=conv(f'{p}.shortcut.convolution'),
-                   shortcut_bn=bn(f'{p}.shortcut.normalization'))
-    backbone[f'stage{s + 1}_block0'] = block
+  def resnet(self, b='model.backbone.model'):
+    """Hugging Face's ResNet backbone (one basic block per stage) → our ResNet."""
+    backbone = {'stem_conv': self.conv(f'{b}.embedder.embedder.convolution'),
+                'stem_bn': self.bn(f'{b}.embedder.embedder.normalization')}
+    for s in range(4):
+      p = f'{b}.encoder.stages.{s}.layers.0'
+      block = {f'conv{i}': self.conv(f'{p}.layer.{i}.convolution') for i in range(2)}
+      block.update({f'bn{i}': self.bn(f'{p}.layer.{i}.normalization') for i in range(2)})
+      if f'{p}.shortcut.convolution.weight' in self.t:
+        block.update(shortcut_conv=self.conv(f'{p}.shortcut.convolution'),
+                     shortcut_bn=self.bn(f'{p}.shortcut.normalization'))
+      backbone[f'stage{s + 1}_block0'] = block
+    return backbone
+
+
+def port_hf_detr(model, heads=4):
+  """Hugging Face DetrForObjectDetection state → our parameter tree."""
+  w = Ported(model, heads)
+  t, dense, norm, mlp, attention = w.t, w.dense, w.norm, w.mlp, w.attention
+  backbone = w.resnet()
   e = 'model.encoder.layers.0'
   encoder = {'encoderblock_0': {'MultiHeadDotProductAttention_1': attention(f'{e}.self_attn'),
                                 'LayerNorm_0': norm(f'{e}.self_attn_layer_norm'),
@@ -94,10 +118,10 @@ def ours():
                    dropout_rate=0.0)
 
 
-def test_parity_with_hugging_face_detr_outputs_and_loss():
+def padded_targets():
+  """(Two images' targets padded to 3 boxes, as our batches hold them; the same as Hugging
+  Face's per-image label dicts)."""
   import torch
-  hf = hf_detr()
-  image, mask = images()
   targets = {'labels': np.array([[2, 0, 0], [1, 2, 0]], np.int32),
              'boxes': np.array([[[0.3, 0.4, 0.2, 0.3], [0, 0, 0, 0], [0, 0, 0, 0]],
                                 [[0.5, 0.5, 0.4, 0.2], [0.2, 0.7, 0.1, 0.1], [0, 0, 0, 0]]],
@@ -105,6 +129,14 @@ def test_parity_with_hugging_face_detr_outputs_and_loss():
              'valid': np.array([[True, False, False], [True, True, False]])}
   labels = [{'class_labels': torch.tensor(targets['labels'][i][targets['valid'][i]]).long(),
              'boxes': torch.tensor(targets['boxes'][i][targets['valid'][i]])} for i in range(2)]
+  return targets, labels
+
+
+def test_parity_with_hugging_face_detr_outputs_and_loss():
+  import torch
+  hf = hf_detr()
+  image, mask = images()
+  targets, labels = padded_targets()
   with torch.no_grad():
     out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
              pixel_mask=torch.tensor(mask).long(), labels=labels)

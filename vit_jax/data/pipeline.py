@@ -30,6 +30,23 @@ def describe(source, index):
   return source.describe(index) if hasattr(source, 'describe') else f'example {index}'
 
 
+class Subset:
+  """The examples of `source` at `indices` (those that fit the maximum lengths, few-shot
+  images), still named as in `source` when they fail."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, list(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[self.indices[i]]
+
+  def describe(self, i):
+    return describe(self.source, self.indices[i])
+
+
 class _Indexed:
   """source[i] → (i, example), naming the example if reading it fails."""
 

@@ -135,22 +135,6 @@ class ParallelFile(Pairs):
     return f'pair {self.path}:{self.lines[i]}'  # The file's 1-based line number.
 
 
-class Subset:
-  """The examples of `source` at `indices` (e.g. those that fit the maximum lengths)."""
-
-  def __init__(self, source, indices):
-    self.source, self.indices = source, list(indices)
-
-  def __len__(self):
-    return len(self.indices)
-
-  def __getitem__(self, i):
-    return self.source[self.indices[i]]
-
-  def describe(self, i):
-    return pipeline.describe(self.source, self.indices[i])
-
-
 def sample_texts(source, limit):
   """Source and target texts of up to `limit` evenly spaced pairs (tokenizer training)."""
   indices = np.linspace(0, len(source) - 1, min(limit, len(source))).astype(int)

@@ -8,22 +8,10 @@ images than the shots), never on the eval split whose accuracy is reported.
 import numpy as np
 
 from vit_jax import errors
+from vit_jax.data import pipeline
 
 BIAS = 100.0  # A constant feature for the bias, large so that its weight is barely penalised.
 L2_REGS = tuple(2.0 ** np.arange(-10, 20))  # The ridge penalties tried (big_vision's range).
-
-
-class Subset:
-  """Examples `indices` of a random-access source."""
-
-  def __init__(self, source, indices):
-    self.source, self.indices = source, list(indices)
-
-  def __len__(self):
-    return len(self.indices)
-
-  def __getitem__(self, i):
-    return self.source[self.indices[i]]
 
 
 def pick(label_of, size, shots, validation_per_class, num_classes, seed=0):
@@ -85,12 +73,12 @@ class FewShot:
     self.num_classes, self.l2_regs = num_classes, tuple(l2_regs)
     chosen, validation = pick(lambda i: train_source[i]['label'], len(train_source),
                               tuple(shots), validation_per_class, num_classes, seed)
-    self.train = Subset(train_source, chosen[max(shots)])
+    self.train = pipeline.Subset(train_source, chosen[max(shots)])
     # Row positions of each k's shots inside self.train (class-major blocks of max(shots)).
     per = max(shots)
     self.rows = {k: np.concatenate([c * per + np.arange(k) for c in range(num_classes)])
                  for k in shots}
-    self.validation, self.eval = Subset(train_source, validation), eval_source
+    self.validation, self.eval = pipeline.Subset(train_source, validation), eval_source
 
   def evaluate(self, features):
     """→ {'{k}shot_accuracy': eval-split accuracy at the penalty that did best on the

@@ -53,22 +53,6 @@ def encoder_reference_points(shapes, ratios):
   return jnp.concatenate(points, 1)[:, :, None] * ratios[:, None]
 
 
-class BoxMLP(nn.Module):
-  """3-layer MLP → 4 box logits (added to the reference point's inverse sigmoid). It starts
-  at zero offsets and, for the first head, at boxes of sigmoid(−2) ≈ 0.12 of the image (as
-  the official code initialises it)."""
-  hidden: int
-  initial_size_logit: float = 0.0
-
-  @nn.compact
-  def __call__(self, x):
-    for i in range(2):
-      x = nn.relu(nn.Dense(self.hidden, name=f'Dense_{i}')(x))
-    bias = jnp.array([0.0, 0.0, self.initial_size_logit, self.initial_size_logit])
-    return nn.Dense(4, name='Dense_2', kernel_init=nn.initializers.zeros,
-                    bias_init=lambda *_: bias)(x)
-
-
 class EncoderLayer(nn.Module):
   """Deformable self-attention (positions on the queries) and an MLP, post-norm."""
   config: transformer.BlockConfig
@@ -187,8 +171,8 @@ class DeformableDETR(nn.Module):
                             'class_embed',
                             bias_init=nn.initializers.constant(-math.log((1 - PRIOR) / PRIOR)))
                    for i in range(heads)]
-    box_heads = [BoxMLP(d, -2.0 if i == 0 else 0.0,
-                        name=f'bbox_embed_{i}' if self.box_refine else 'bbox_embed')
+    box_heads = [detr.BoxHead(d, logits=True, initial_size_logit=-2.0 if i == 0 else 0.0,
+                              name=f'bbox_embed_{i}' if self.box_refine else 'bbox_embed')
                  for i in range(heads)]
     logits, boxes, references = [], [], []
     for i in range(self.num_decoder_layers):

@@ -26,14 +26,23 @@ def downsample_mask(pixel_mask, height, width):
 
 
 class BoxHead(nn.Module):
-  """3-layer MLP → sigmoid (cx, cy, w, h)."""
+  """3-layer MLP → sigmoid (cx, cy, w, h); with `logits`, the 4 values before the sigmoid,
+  which Deformable DETR adds to its reference points: its last layer then starts at zero
+  offsets and boxes of sigmoid(initial_size_logit) of the image (the official code's −2 for
+  the first head: 0.12)."""
   hidden: int
+  logits: bool = False
+  initial_size_logit: float = 0.0
 
   @nn.compact
   def __call__(self, x):
     for i in range(2):
       x = nn.relu(nn.Dense(self.hidden, name=f'Dense_{i}')(x))
-    return nn.sigmoid(nn.Dense(4, name='Dense_2')(x))
+    if not self.logits:
+      return nn.sigmoid(nn.Dense(4, name='Dense_2')(x))
+    size = self.initial_size_logit
+    return nn.Dense(4, name='Dense_2', kernel_init=nn.initializers.zeros,
+                    bias_init=lambda *_: jnp.array([0.0, 0.0, size, size]))(x)
 
 
 class DETR(nn.Module):

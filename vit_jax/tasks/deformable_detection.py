@@ -7,10 +7,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vit_jax import errors
 from vit_jax.models import deformable_detr
 from vit_jax.ops import boxes as box_ops
-from vit_jax.tasks import base
 from vit_jax.tasks import detection
 
 TOP_K = 100  # Detections kept per image (the paper's evaluation).
@@ -28,18 +26,7 @@ def topk_postprocess(logits, boxes, k=TOP_K):
 
 class DeformableDetectionTask(detection.DetectionTask):
   head = ('class_embed',)  # 'class_embed', or with box refinement 'class_embed_<layer>'.
-
-  def build_model(self):
-    m, c = dict(self.config.model), self.config.data
-    num_classes = len(self.sources[0].categories)
-    if m.pop('num_classes') not in (None, num_classes):
-      raise errors.UserError(f'model.num_classes={self.config.model.num_classes} but the data has '
-                             f'{num_classes} categories.')
-    if m['num_queries'] < c.max_boxes:
-      raise errors.UserError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
-                             f'{c.max_boxes}: every target needs a query.')
-    return deformable_detr.DeformableDETR(num_classes=num_classes, **m,
-                                          compute=base.compute_options(self.config))
+  model_class = deformable_detr.DeformableDETR
 
   def _loss_settings(self):
     s = dict(self.config.loss)

@@ -136,6 +136,7 @@ def postprocess(logits, pred_boxes):
 
 class DetectionTask(base.Task):
   head = ('class_head/',)
+  model_class = detr.DETR  # Deformable DETR's task changes it.
 
   @functools.cached_property
   def sources(self):
@@ -148,8 +149,8 @@ class DetectionTask(base.Task):
     return train, evaluation
 
   def build_model(self):
-    """DETR with one class per category of the data (config.model.num_classes, if given,
-    must agree)."""
+    """The model with one class per category of the data (config.model.num_classes, if
+    given, must agree)."""
     m, c = dict(self.config.model), self.config.data
     num_classes = len(self.sources[0].categories)
     if m.pop('num_classes') not in (None, num_classes):
@@ -158,7 +159,8 @@ class DetectionTask(base.Task):
     if m['num_queries'] < c.max_boxes:
       raise errors.UserError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
                              f'{c.max_boxes}: every target needs a query.')
-    return detr.DETR(num_classes=num_classes, **m, compute=base.compute_options(self.config))
+    return self.model_class(num_classes=num_classes, **m,
+                            compute=base.compute_options(self.config))
 
   def model_dim(self):
     return self.model.hidden_size

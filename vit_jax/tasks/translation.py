@@ -82,7 +82,7 @@ class TranslationTask(base.Task):
         logging.warning("data.too_long='drop': dropped %d of the %d %s pairs longer than "
                         'data.max_source_length / max_target_length.', len(source) - len(fits),
                         len(source), split)
-      kept.append(data.Subset(source, fits) if len(fits) < len(source) else source)
+      kept.append(pipeline.Subset(source, fits) if len(fits) < len(source) else source)
     return tuple(kept)
 
   def encoder(self, packed=False):
