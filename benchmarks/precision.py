@@ -43,7 +43,7 @@ def setup(args, devices, **overrides):
           np.float32),
       'label': rng.integers(0, 1000, args.batch).astype(np.int32)}, trainer.mesh)
   start = time.perf_counter()
-  compiled = trainer.train_step.lower(trainer.abstract_state, batch, trainer.rng).compile()
+  compiled = trainer.lower_train_step(trainer.abstract_state, batch, trainer.rng).compile()
   seconds = time.perf_counter() - start
   box = {}
 

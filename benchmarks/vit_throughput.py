@@ -50,7 +50,7 @@ def ours(variant, image_size, batch, num_classes):
   batch_data = sharding.global_batch({
       'image': rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
       'label': rng.integers(0, num_classes, batch).astype(np.int32)}, trainer.mesh)
-  compiled = trainer.train_step.lower(state, batch_data, trainer.rng).compile()
+  compiled = trainer.lower_train_step(state, batch_data, trainer.rng).compile()
   flops = compiled.cost_analysis()['flops']
   box = {'state': state}
 

@@ -151,7 +151,7 @@ def test_linear_probe_differentiates_only_the_head(tmp_path):
     trainer = train.Trainer(config)
     state = trainer.initial_state()
     batch = trainer.task.dummy_batch(config.batch_size)
-    compiled = trainer._train_step.lower(state, batch, trainer.rng, None).compile()
+    compiled = trainer.lower_train_step(state, batch, trainer.rng).compile()
     analysis = compiled.cost_analysis()
     return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
 

@@ -19,7 +19,7 @@ def test_fsdp_rules():
 def per_device_state_bytes(trainer):
   batch = sharding.global_batch(trainer.task.dummy_batch(trainer.local_batch), trainer.mesh)
   state = trainer.initial_state()
-  compiled = trainer.train_step.lower(state, batch, trainer.rng).compile()
+  compiled = trainer.lower_train_step(state, batch, trainer.rng).compile()
   return compiled.memory_analysis().argument_size_in_bytes
 
 

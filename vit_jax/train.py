@@ -186,6 +186,11 @@ class Trainer:
     """One optimizer step (make_train_step), jitted; `state` is donated."""
     return self._train_step(state, batch, rng, self.frozen)
 
+  def lower_train_step(self, state, batch, rng):
+    """The train step lowered for these (possibly abstract) arguments: `.compile()` gives
+    XLA's cost and memory analyses."""
+    return self._train_step.lower(state, batch, rng, self.frozen)
+
   def initial_state(self):
     """Fresh parameters (or fine-tuning ones from config.pretrained.path), placed sharded."""
     state = jax.jit(sharding.traced_under(self.mesh, self._init),

@@ -21,27 +21,6 @@ import numpy as np
 from vit_jax import errors
 
 
-def _bilinear(value, height, width, x, y):
-  """value [B, H·W, heads, Dh] of one level; x, y [B, Q, heads, P] continuous pixel
-  coordinates (pixel i covers [i − 0.5, i + 0.5]) → [B, Q, heads, P, Dh]; corners outside the
-  map count as zero."""
-  b, q, heads, p = x.shape
-  per_head = value.transpose(0, 2, 1, 3)  # [B, heads, H·W, Dh]
-  x0, y0 = jnp.floor(x), jnp.floor(y)
-  fx, fy = x - x0, y - y0
-  out = 0.0
-  for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                         (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-    xi, yi = (x0 + dx).astype(jnp.int32), (y0 + dy).astype(jnp.int32)
-    inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-    index = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
-    index = index.transpose(0, 2, 1, 3).reshape(b, heads, q * p, 1)
-    corner = jnp.take_along_axis(per_head, index, axis=2)  # [B, heads, Q·P, Dh]
-    corner = corner.reshape(b, heads, q, p, -1).transpose(0, 2, 1, 3, 4)
-    out = out + corner * (weight * inside)[..., None].astype(corner.dtype)
-  return out
-
-
 def multi_scale_deformable_attention(value, shapes, locations, weights):
   """The sampling and weighted sum of Eq. 3, before the output projection.
 
@@ -49,18 +28,36 @@ def multi_scale_deformable_attention(value, shapes, locations, weights):
   (S = Σ H_l·W_l); shapes: ((H_l, W_l), ...), static; locations [B, Q, heads, L, P, 2]:
   normalised (x, y), 0 and 1 the maps' outer edges; weights [B, Q, heads, L, P].
   → [B, Q, heads·Dh].
+
+  Every level, point and bilinear corner is read by one gather over the flattened levels
+  (one op to compile and, backwards, one scatter-add), weighted, and summed.
   """
-  b, q, heads = locations.shape[:3]
-  if value.shape[1] != sum(h * w for h, w in shapes):
+  b, q, heads, levels, points, _ = locations.shape
+  sizes = np.asarray(shapes, np.int32).reshape(levels, 2)  # (H_l, W_l)
+  if value.shape[1] != int(sizes.prod(1).sum()):
     raise errors.UserError(f'value has {value.shape[1]} positions, the level shapes {shapes} '
-                           f'{sum(h * w for h, w in shapes)}.')
-  out, start = 0.0, 0
-  for level, (h, w) in enumerate(shapes):
-    x = locations[:, :, :, level, :, 0] * w - 0.5
-    y = locations[:, :, :, level, :, 1] * h - 0.5
-    sampled = _bilinear(value[:, start:start + h * w], h, w, x, y)  # [B, Q, heads, P, Dh]
-    out = out + (sampled * weights[:, :, :, level, :, None]).sum(3)
-    start += h * w
+                           f'{int(sizes.prod(1).sum())}.')
+  starts = np.concatenate([[0], np.cumsum(sizes.prod(1))[:-1]]).astype(np.int32)
+  per_level = lambda a: a[:, None, None]  # [L] → broadcastable against [..., L, P, 4].
+  h, w, start = per_level(sizes[:, 0]), per_level(sizes[:, 1]), per_level(starts)
+  # Continuous pixel coordinates: pixel i covers [i − 0.5, i + 0.5] (align_corners=False).
+  x = locations[..., 0] * sizes[:, 1, None] - 0.5  # [B, Q, heads, L, P]
+  y = locations[..., 1] * sizes[:, 0, None] - 0.5
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  dx, dy = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])  # The four corners.
+  xi = (x0[..., None] + dx).astype(jnp.int32)  # [B, Q, heads, L, P, 4]
+  yi = (y0[..., None] + dy).astype(jnp.int32)
+  fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+  bilinear = jnp.where(dx, fx, 1 - fx) * jnp.where(dy, fy, 1 - fy)
+  inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)  # Zero outside the map.
+  index = start + jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)
+  total = weights[..., None] * bilinear * inside  # [B, Q, heads, L, P, 4]
+  k = levels * points * 4
+  index = index.reshape(b, q, heads, k).transpose(0, 2, 1, 3).reshape(b, heads, q * k, 1)
+  sampled = jnp.take_along_axis(value.transpose(0, 2, 1, 3), index, axis=2)  # [B, heads, Q·k, Dh]
+  sampled = sampled.reshape(b, heads, q, k, -1)
+  out = jnp.einsum('bhqkd,bqhk->bqhd', sampled, total.reshape(b, q, heads, k).astype(
+      sampled.dtype))
   return out.reshape(b, q, -1)
 
 
