@@ -44,9 +44,11 @@ def make_train_step(task, tx, accum_steps, is_frozen=None):
   where optim.lr_multipliers freezes one; those are not differentiated at all (a linear probe
   runs no backward pass through the frozen body), their gradient is reported as zero."""
 
+  frozen_leaves = jax.tree.leaves(is_frozen) if is_frozen is not None else None
+
   def grads_of(params, batch, rng, frozen):
     leaves, treedef = jax.tree.flatten(params)
-    fixed = jax.tree.leaves(is_frozen) if is_frozen is not None else [False] * len(leaves)
+    fixed = frozen_leaves or [False] * len(leaves)
     trained = [p for p, f in zip(leaves, fixed) if not f]
 
     def loss_of(trained):
