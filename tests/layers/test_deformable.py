@@ -45,11 +45,28 @@ def random_inputs(seed=0, b=2, q=5, m=2, dh=4, points=3):
   return value, locations, weights
 
 
-def test_matches_the_per_point_loop():
+@pytest.mark.parametrize('sampling', ['gather', 'dense'])
+def test_matches_the_per_point_loop(sampling):
   value, locations, weights = random_inputs()
-  got = jax.jit(deformable.multi_scale_deformable_attention, static_argnums=1)(
-      jnp.asarray(value), SHAPES, jnp.asarray(locations), jnp.asarray(weights))
+  got = jax.jit(deformable.multi_scale_deformable_attention, static_argnums=(1, 4))(
+      jnp.asarray(value), SHAPES, jnp.asarray(locations), jnp.asarray(weights), sampling)
   np.testing.assert_allclose(got, naive(value, SHAPES, locations, weights), atol=1e-5)
+
+
+def test_dense_and_gather_sampling_have_the_same_gradients():
+  """Also on exact pixel centres (where the paper's initial offsets put the encoder's
+  points): the derivative is the bilinear one-sided difference, never zero."""
+  value, locations, weights = (jnp.asarray(a, jnp.float32) for a in random_inputs(seed=3))
+  size = np.array([SHAPES[0][1], SHAPES[0][0]])  # Level 0's (W, H).
+  inside = np.clip(np.asarray(locations), 0.05, 0.95)
+  centres = (np.floor(inside * size) + 0.5) / size  # Pixel centres of level 0.
+  for loc in (locations, jnp.asarray(centres, jnp.float32)):
+    grads = {s: jax.grad(lambda *a: (deformable.multi_scale_deformable_attention(
+        a[0], SHAPES, a[1], a[2], s) ** 2).sum(), argnums=(0, 1, 2))(value, loc, weights)
+             for s in ('gather', 'dense')}
+    for g, d in zip(grads['gather'], grads['dense']):
+      np.testing.assert_allclose(d, g, rtol=1e-5, atol=1e-5)
+  assert np.abs(grads['dense'][1][:, :, :, 0]).min() > 0
 
 
 def test_matches_hugging_faces_pytorch_function():
