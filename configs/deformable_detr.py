@@ -12,7 +12,8 @@ held-out images.
   2-core AMD EPYC (Zen 4) CPU (1.3 steps/s); DETR (configs/detr.py) reaches 0.396 in 6,000.
 
 Arguments (comma-separated): 'tiny' for tests and smoke runs; 'refine' for iterative bounding
-box refinement (§4.2); 'r50' for the paper's model (ResNet-50 with frozen BatchNorm, 6+6
+box refinement (§4.2); 'two_stage' for two-stage Deformable DETR (§4.2, with refinement);
+'r50' for the paper's model (ResNet-50 with frozen BatchNorm, 6+6
 layers, 300 queries, 50 epochs with the learning rate dropped at 40) on COCO in data_dir:
   python main.py --config=configs/deformable_detr.py:r50 --config.data.data_dir=/data/coco
 """
@@ -23,15 +24,15 @@ from configs import detr as detr_config
 
 
 def get_config(arg=''):
-  args = common.parse_args(arg, ['tiny', 'refine', 'r50'])
-  c = detr_config.get_config(','.join(a for a in args if a != 'refine'))  # Data, trainer.
+  args = common.parse_args(arg, ['tiny', 'refine', 'two_stage', 'r50'])
+  c = detr_config.get_config(','.join(a for a in args if a in ('tiny', 'r50')))  # Data, trainer.
   c.task = 'deformable_detection'
   c.model = ml_collections.ConfigDict(dict(
       num_classes=None,  # From the data.
       num_queries=20, backbone_name='resnet-tiny', backbone_norm='group_norm', frozen_stages=-1,
       hidden_size=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=4, mlp_dim=256,
       dropout_rate=0.0, num_feature_levels=4, encoder_points=4, decoder_points=4,
-      box_refine='refine' in args))
+      box_refine='refine' in args or 'two_stage' in args, two_stage='two_stage' in args))
   # §4.1 / A.3: focal loss, matching costs and loss weights class 2, L1 5, GIoU 2.
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, class_weight=2.0, l1_weight=5.0, giou_weight=2.0, focal_alpha=0.25,

@@ -23,8 +23,9 @@ def test_topk_keeps_the_best_query_class_pairs():
   np.testing.assert_allclose(xyxy[0, 2], xyxy[0, 0], atol=1e-6)
 
 
-def test_deformable_detr_trains_on_shapes_and_draws_boxes(tmp_path):
-  config = config_lib.get_config('tiny')
+@pytest.mark.parametrize('arg', ['tiny', 'tiny,two_stage'])
+def test_deformable_detr_trains_on_shapes_and_draws_boxes(tmp_path, arg):
+  config = config_lib.get_config(arg)
   config.update_from_flattened_dict({'total_steps': 30, 'eval_every': 30, 'log_every': 5,
                                      'checkpoint_every': 30, 'optim.learning_rate': 1e-3})
   # One device: the deformable gathers compile far faster than over 8 simulated ones.
@@ -32,13 +33,17 @@ def test_deformable_detr_trains_on_shapes_and_draws_boxes(tmp_path):
   rows = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
   loss = [r['train/loss'] for r in rows if 'train/loss' in r]
   assert loss[-1] < 0.85 * loss[0]
+  if 'two_stage' in arg:  # The proposals' own set loss is part of the loss, and falls too.
+    proposals = [r['train/loss_proposals'] for r in rows if 'train/loss_proposals' in r]
+    assert len(proposals) == len(loss) and proposals[-1] < proposals[0]
   assert {'AP', 'AP50', 'loss', 'class_error'} <= set(result) and 0 <= result['AP'] <= 1
-  assert (tmp_path / 'detections.png').exists()
+  assert (tmp_path / 'detections.png').exists() and (tmp_path / 'sampling_points.png').exists()
 
 
-@pytest.mark.parametrize('arg', ['refine', 'r50'])
+@pytest.mark.parametrize('arg', ['refine', 'two_stage', 'r50'])
 def test_configs_build(arg):
   config = config_lib.get_config(arg)
-  assert config.model.box_refine == (arg == 'refine')
+  assert config.model.box_refine == (arg != 'r50')
+  assert config.model.two_stage == (arg == 'two_stage')
   if arg == 'r50':
     assert config.optim.schedule == 'step' and config.model.num_queries == 300

@@ -2,6 +2,7 @@
 import collections
 
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -83,6 +84,28 @@ def attention_per_object(image, objects, png_path, title='Decoder cross-attentio
     ax.set_title(caption, fontsize=8)
   for ax in axes[0]:
     ax.axis('off')
+  return _save(fig, png_path, title)
+
+
+def sampling_points(image, objects, png_path,
+                    title='Deformable attention: sampling points of the last decoder layer'):
+  """One panel per detected object: (box [4], caption, reference point (x, y), points [N, 2],
+  weights [N]), all in pixels of `image`; points coloured and sized by their attention
+  weight, the reference point a green cross (Deformable DETR's Fig. 6)."""
+  fig, axes = plt.subplots(1, len(objects), figsize=(3.4 * len(objects), 3.4), squeeze=False)
+  height, width = image.shape[:2]
+  for ax, ((x0, y0, x1, y1), caption, reference, points, weights) in zip(axes[0], objects):
+    ax.imshow(image, alpha=0.6)
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color='cyan', lw=1.5))
+    order = np.argsort(weights)  # The heaviest points drawn last, on top.
+    dots = ax.scatter(points[order, 0], points[order, 1], c=weights[order], cmap='inferno',
+                      s=8 + 120 * weights[order] / max(weights.max(), 1e-9), edgecolors='none')
+    ax.plot(*reference, marker='+', color='lime', markersize=14, mew=2.5)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_title(caption, fontsize=8)
+    ax.axis('off')
+    fig.colorbar(dots, ax=ax, fraction=0.046, pad=0.02, label='attention weight')
   return _save(fig, png_path, title)
 
 

@@ -124,7 +124,7 @@ def test_module_matches_hugging_face_with_ported_weights(coordinates):
   ours = deformable.MultiScaleDeformableAttention(num_heads=4, num_levels=len(SHAPES),
                                                   num_points=3)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  got, got_weights = ours.apply({'params': port(theirs)}, f32(query), f32(reference), f32(inputs),
+  got, (_, got_weights) = ours.apply({'params': port(theirs)}, f32(query), f32(reference), f32(inputs),
                                 SHAPES, jnp.asarray(padding))
   np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
   np.testing.assert_allclose(got_weights, want_weights.numpy(), atol=1e-6)

@@ -22,7 +22,7 @@ def images(seed=0, size=128):
   return image, mask
 
 
-def hf_model(box_refine, seed=0):
+def hf_model(box_refine, two_stage=False, seed=0):
   import torch
   from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
   torch.manual_seed(seed)
@@ -33,7 +33,8 @@ def hf_model(box_refine, seed=0):
       num_queries=5, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4,
       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_labels=3,
       num_feature_levels=4, encoder_n_points=2, decoder_n_points=2, dropout=0.0,
-      auxiliary_loss=True, with_box_refine=box_refine)
+      auxiliary_loss=True, with_box_refine=box_refine, two_stage=two_stage,
+      two_stage_num_proposals=5)
   model = DeformableDetrForObjectDetection(config).eval()
   with torch.no_grad():  # Every parameter and frozen statistic away from its initial value.
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
@@ -44,15 +45,19 @@ def hf_model(box_refine, seed=0):
   return model
 
 
-def port(model, box_refine):
+def port(model, box_refine, two_stage=False):
   w = Ported(model)
   t, dense, norm, mlp = w.t, w.dense, w.norm, w.mlp
   deform = lambda p: {n: dense(f'{p}.{n}') for n in ('sampling_offsets', 'attention_weights',
                                                        'value_proj', 'output_proj')}
   backbone = w.resnet()
-  params = {'backbone': backbone, 'level_embed': t['model.level_embed'],
-            'query_position_embeddings': t['model.query_position_embeddings.weight'],
-            'reference_points': dense('model.reference_points')}
+  params = {'backbone': backbone, 'level_embed': t['model.level_embed']}
+  if two_stage:
+    params.update(enc_output=dense('model.enc_output'), enc_output_norm=norm('model.enc_output_norm'),
+                  pos_trans=dense('model.pos_trans'), pos_trans_norm=norm('model.pos_trans_norm'))
+  else:
+    params.update(query_position_embeddings=t['model.query_position_embeddings.weight'],
+                  reference_points=dense('model.reference_points'))
   for i in range(4):
     params[f'input_proj_{i}'] = dict(w.conv(f'model.input_proj.{i}.0'),
                                      bias=t[f'model.input_proj.{i}.0.bias'])
@@ -72,17 +77,17 @@ def port(model, box_refine):
         'mlp': mlp(f'{d}.mlp'), 'final_layer_norm': norm(f'{d}.final_layer_norm')}
   box = lambda i: {f'Dense_{j}': dense(f'bbox_embed.{i}.layers.{j}') for j in range(3)}
   if box_refine:
-    for i in range(2):
+    for i in range(2 + two_stage):
       params[f'class_embed_{i}'], params[f'bbox_embed_{i}'] = dense(f'class_embed.{i}'), box(i)
   else:
     params['class_embed'], params['bbox_embed'] = dense('class_embed.0'), box(0)
   return params
 
 
-@pytest.mark.parametrize('box_refine', [False, True])
-def test_parity_with_hugging_face_deformable_detr(box_refine):
+@pytest.mark.parametrize('box_refine,two_stage', [(False, False), (True, False), (True, True)])
+def test_parity_with_hugging_face_deformable_detr(box_refine, two_stage):
   import torch
-  hf = hf_model(box_refine)
+  hf = hf_model(box_refine, two_stage)
   image, mask = images()
   with torch.no_grad():
     out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
@@ -90,8 +95,8 @@ def test_parity_with_hugging_face_deformable_detr(box_refine):
   model = deformable_detr.DeformableDETR(
       num_classes=3, num_queries=5, backbone_name='resnet-tiny', hidden_size=32, num_heads=4,
       num_encoder_layers=1, num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0,
-      encoder_points=2, decoder_points=2, box_refine=box_refine)
-  params = port(hf, box_refine)
+      encoder_points=2, decoder_points=2, box_refine=box_refine, two_stage=two_stage)
+  params = port(hf, box_refine, two_stage)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), image, mask)['params'])
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   jax.tree.map(lambda a, b: np.testing.assert_equal(np.shape(a), b.shape), params, expected)
@@ -99,6 +104,11 @@ def test_parity_with_hugging_face_deformable_detr(box_refine):
   assert aux['shapes'] == ((16, 16), (8, 8), (4, 4), (2, 2))  # C3-C5 and the extra level.
   np.testing.assert_allclose(outputs['logits'][-1], out.logits.numpy(), atol=1e-4)
   np.testing.assert_allclose(outputs['boxes'][-1], out.pred_boxes.numpy(), atol=1e-4)
+  if two_stage:  # Every encoder pixel's proposal.
+    np.testing.assert_allclose(aux['proposals']['logits'][0], out.enc_outputs_class.numpy(),
+                               atol=1e-4)
+    np.testing.assert_allclose(aux['proposals']['boxes'][0],
+                               out.enc_outputs_coord_logits.sigmoid().numpy(), atol=1e-4)
   # Every decoder layer (the auxiliary losses' inputs): its heads on its hidden state, from
   # its reference points (refined ones after the first layer with box refinement).
   references = [out.init_reference_points] + [out.intermediate_reference_points[:, i]

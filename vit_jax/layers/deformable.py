@@ -123,7 +123,8 @@ class MultiScaleDeformableAttention(nn.Module):
   [B, Q, L, 4] boxes (cx, cy, w, h: offsets then scale with half the box, for iterative box
   refinement and two-stage), inputs [B, S, D] the flattened levels, shapes ((H_l, W_l), ...),
   padding [B, S] (True = a real pixel; padded values are zeroed).
-  → (output [B, Q, D], attention weights [B, Q, heads, L, P]).
+  → (output [B, Q, D], (sampling locations [B, Q, heads, L, P, 2] as normalised (x, y) of
+  each level's map, attention weights [B, Q, heads, L, P])).
   """
   num_heads: int = 8
   num_levels: int = 4
@@ -160,4 +161,5 @@ class MultiScaleDeformableAttention(nn.Module):
                              f'{reference.shape[-1]}.')
     out = multi_scale_deformable_attention(value, tuple(shapes), locations,
                                            weights.astype(value.dtype), self.sampling)
-    return dense(d, 'output_proj', kernel_init=nn.initializers.xavier_uniform())(out), weights
+    out = dense(d, 'output_proj', kernel_init=nn.initializers.xavier_uniform())(out)
+    return out, (locations, weights)

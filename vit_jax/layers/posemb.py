@@ -45,12 +45,16 @@ def sine_2d(pixel_mask, num_features, temperature=10_000.0, normalize=True, scal
     eps = 1e-6
     y = (y - offset) / (y[:, -1:, :] + eps) * scale
     x = (x - offset) / (x[:, :, -1:] + eps) * scale
+  return jnp.concatenate([sine_features(y, num_features, temperature),
+                          sine_features(x, num_features, temperature)], axis=-1)
+
+
+def sine_features(p, num_features, temperature=10_000.0):
+  """Positions [...] → [..., num_features]: sin and cos (interleaved) of p / T^(2i/n) at
+  num_features / 2 frequencies, the Transformer's sinusoids of a continuous position."""
   dim_t = temperature ** (2 * (np.arange(num_features) // 2) / num_features)
-  x = x[..., None] / dim_t
-  y = y[..., None] / dim_t
-  interleave = lambda p: jnp.stack([jnp.sin(p[..., 0::2]), jnp.cos(p[..., 1::2])], -1).reshape(
-      p.shape)
-  return jnp.concatenate([interleave(y), interleave(x)], axis=-1)
+  p = p[..., None] / dim_t
+  return jnp.stack([jnp.sin(p[..., 0::2]), jnp.cos(p[..., 1::2])], -1).reshape(p.shape)
 
 
 class AddPositionEmbs(nn.Module):

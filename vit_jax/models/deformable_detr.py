@@ -9,7 +9,10 @@ self-attention among the queries, deformable cross-attention around reference po
 predicted from the query embeddings → per layer a sigmoid class head (focal loss, no
 "no-object" class) and a box MLP that predicts offsets to the reference point in logit space
 (§4.1, A.3). Optionally iterative box refinement (§4.2): each decoder layer's boxes are the
-next layer's reference boxes. Parameter names follow Hugging Face's port where they can.
+next layer's reference boxes; and two-stage (§4.2, A.4), which adds it: every encoder pixel
+proposes a box (an extra head around a fixed-size box at the pixel), the best-scoring ones
+become the decoder's reference boxes and, through their sine embeddings, its queries.
+Parameter names follow Hugging Face's port where they can.
 """
 import math
 
@@ -53,6 +56,25 @@ def encoder_reference_points(shapes, ratios):
   return jnp.concatenate(points, 1)[:, :, None] * ratios[:, None]
 
 
+def encoder_proposals(level_masks):
+  """Two-stage's fixed proposals: a box of side 0.05·2^level (of the valid image) centred on
+  every pixel of every level → (logits [B, S, 4] (cx, cy, w, h) before the sigmoid, +inf
+  where there is no proposal; keep [B, S]: real pixels whose box lies within (0.01, 0.99))."""
+  boxes, real = [], []
+  for level, mask in enumerate(level_masks):
+    b, h, w = mask.shape
+    valid_w = mask[:, 0, :].sum(1).astype(jnp.float32)[:, None, None]
+    valid_h = mask[:, :, 0].sum(1).astype(jnp.float32)[:, None, None]
+    y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
+    centre = jnp.stack(jnp.broadcast_arrays(x / valid_w, y / valid_h), -1)  # [B, h, w, 2]
+    size = jnp.full_like(centre, 0.05 * 2.0 ** level)
+    boxes.append(jnp.concatenate([centre, size], -1).reshape(b, -1, 4))
+    real.append(mask.reshape(b, -1))
+  boxes, real = jnp.concatenate(boxes, 1), jnp.concatenate(real, 1)
+  keep = real & ((boxes > 0.01) & (boxes < 0.99)).all(-1)
+  return jnp.where(keep[..., None], inverse_sigmoid(boxes), jnp.inf), keep
+
+
 class EncoderLayer(nn.Module):
   """Deformable self-attention (positions on the queries) and an MLP, post-norm."""
   config: transformer.BlockConfig
@@ -73,7 +95,8 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
   """Self-attention among the queries, deformable cross-attention to the encoder's levels,
-  an MLP; post-norm; query positions go to queries and keys, never to values."""
+  an MLP; post-norm; query positions go to queries and keys, never to values. → (output,
+  the cross-attention's (sampling locations, weights))."""
   config: transformer.BlockConfig
   num_levels: int
   num_points: int
@@ -87,13 +110,12 @@ class DecoderLayer(nn.Module):
         c.num_heads, dropout_rate=c.attention_dropout_rate, implementation=c.compute.attention_impl,
         name='self_attn')(x + query_pos, x + query_pos, x, deterministic=deterministic)
     x = norm('self_attn_layer_norm')(x + drop(y))
-    y, _ = deformable.MultiScaleDeformableAttention(c.num_heads, self.num_levels,
-                                                    self.num_points, name='encoder_attn')(
-                                                        x + query_pos, reference, memory, shapes,
-                                                        valid)
+    y, sampling = deformable.MultiScaleDeformableAttention(
+        c.num_heads, self.num_levels, self.num_points, name='encoder_attn')(
+            x + query_pos, reference, memory, shapes, valid)
     x = norm('encoder_attn_layer_norm')(x + drop(y))
     y = transformer.MlpBlock(c, deterministic, name='mlp')(x)
-    return norm('final_layer_norm')(x + y)
+    return norm('final_layer_norm')(x + y), sampling
 
 
 class DeformableDETR(nn.Module):
@@ -112,14 +134,23 @@ class DeformableDETR(nn.Module):
   encoder_points: int = 4
   decoder_points: int = 4
   box_refine: bool = False
+  two_stage: bool = False
   compute: kernels.Compute = kernels.Compute()
 
   @nn.compact
   def __call__(self, image, pixel_mask=None, *, train=False, return_attention=False):
     """image [B, H, W, 3], pixel_mask [B, H, W] (True = real pixel) → ({'logits': [L, B, Q,
     C] (sigmoid scores), 'boxes': [L, B, Q, 4]} for every decoder layer, aux: 'reference'
-    [L, B, Q, 2|4], each layer's reference points, and 'shapes', the levels' sizes)."""
+    [L, B, Q, 2|4], each layer's reference points, 'shapes', the levels' sizes,
+    'valid_ratios' [B, levels, 2] (x, y), 'sampling': the last decoder layer's sampling
+    locations [B, Q, heads, levels, points, 2] (normalised over each level's padded map) and
+    weights [B, Q, heads, levels, points], and with
+    two-stage 'proposals': {'logits': [1, B, S, C], 'boxes': [1, B, S, 4]}, every encoder
+    pixel's box, trained to find objects of any class as class 0)."""
     del return_attention  # Deformable attention has sampling points, not attention maps.
+    if self.two_stage and not self.box_refine:
+      raise errors.UserError('two_stage=True needs box_refine=True (§4.2: the proposals are '
+                             'the decoder\'s first reference boxes, refined layer by layer).')
     if pixel_mask is None:
       pixel_mask = jnp.ones(image.shape[:3], bool)
     b, d = image.shape[0], self.hidden_size
@@ -160,27 +191,48 @@ class DeformableDETR(nn.Module):
                        name=f'encoder_layer_{i}')(x, pos, reference, shapes, valid, deterministic)
     memory = x
 
-    queries = self.param('query_position_embeddings', nn.initializers.normal(1.0),
-                         (self.num_queries, 2 * d))
-    query_pos = jnp.broadcast_to(queries[None, :, :d], (b, self.num_queries, d))
-    x = jnp.broadcast_to(queries[None, :, d:], (b, self.num_queries, d))
-    reference = nn.sigmoid(nn.Dense(2, kernel_init=nn.initializers.xavier_uniform(),
-                                    name='reference_points')(query_pos))  # [B, Q, 2]
-    heads = self.num_decoder_layers if self.box_refine else 1  # Shared unless refining.
+    heads = self.num_decoder_layers + self.two_stage if self.box_refine else 1
     class_heads = [nn.Dense(self.num_classes, name=f'class_embed_{i}' if self.box_refine else
                             'class_embed',
                             bias_init=nn.initializers.constant(-math.log((1 - PRIOR) / PRIOR)))
                    for i in range(heads)]
-    box_heads = [detr.BoxHead(d, logits=True, initial_size_logit=-2.0 if i == 0 else 0.0,
+    box_heads = [detr.BoxHead(d, logits=True,
+                              initial_size_logit=-2.0 if i == 0 and not self.two_stage else 0.0,
                               name=f'bbox_embed_{i}' if self.box_refine else 'bbox_embed')
                  for i in range(heads)]
+    extras = {}
+    if self.two_stage:  # The last heads score and place a box at every encoder pixel.
+      if self.num_queries > memory.shape[1]:
+        raise errors.UserError(f'two-stage keeps num_queries={self.num_queries} of the '
+                               f'{memory.shape[1]} encoder pixels; use at most that many.')
+      proposals, keep = encoder_proposals(level_masks)
+      pixels = nn.LayerNorm(epsilon=1e-5, name='enc_output_norm')(
+          nn.Dense(d, name='enc_output')(jnp.where(keep[..., None], memory, 0.0)))
+      proposal_logits = class_heads[-1](pixels)
+      proposal_boxes = box_heads[-1](pixels) + proposals
+      extras['proposals'] = {'logits': proposal_logits[None].astype(jnp.float32),
+                             'boxes': nn.sigmoid(proposal_boxes)[None].astype(jnp.float32)}
+      best = jax.lax.top_k(proposal_logits[..., 0], self.num_queries)[1]
+      chosen = jax.lax.stop_gradient(jnp.take_along_axis(proposal_boxes, best[..., None], 1))
+      reference = nn.sigmoid(chosen)  # [B, Q, 4]
+      embedding = posemb.sine_features(reference * 2 * math.pi, d // 2).reshape(b, -1, 2 * d)
+      queries = nn.LayerNorm(epsilon=1e-5, name='pos_trans_norm')(
+          nn.Dense(2 * d, name='pos_trans')(embedding))
+      query_pos, x = queries[..., :d], queries[..., d:]
+    else:
+      queries = self.param('query_position_embeddings', nn.initializers.normal(1.0),
+                           (self.num_queries, 2 * d))
+      query_pos = jnp.broadcast_to(queries[None, :, :d], (b, self.num_queries, d))
+      x = jnp.broadcast_to(queries[None, :, d:], (b, self.num_queries, d))
+      reference = nn.sigmoid(nn.Dense(2, kernel_init=nn.initializers.xavier_uniform(),
+                                      name='reference_points')(query_pos))  # [B, Q, 2]
     logits, boxes, references = [], [], []
     for i in range(self.num_decoder_layers):
       scale = ratios if reference.shape[-1] == 2 else jnp.concatenate([ratios, ratios], -1)
-      x = DecoderLayer(block, self.num_feature_levels, self.decoder_points,
-                       name=f'decoder_layer_{i}')(x, query_pos, reference[:, :, None] *
-                                                  scale[:, None], memory, shapes, valid,
-                                                  deterministic)
+      x, sampling = DecoderLayer(block, self.num_feature_levels, self.decoder_points,
+                                 name=f'decoder_layer_{i}')(
+          x, query_pos, reference[:, :, None] * scale[:, None], memory, shapes, valid,
+          deterministic)
       delta = box_heads[i % heads](x)
       if reference.shape[-1] == 4:
         box_logits = delta + inverse_sigmoid(reference)
@@ -193,5 +245,5 @@ class DeformableDETR(nn.Module):
         reference = jax.lax.stop_gradient(nn.sigmoid(box_logits))
     outputs = {'logits': jnp.stack(logits).astype(jnp.float32),
                'boxes': jnp.stack(boxes).astype(jnp.float32)}
-    return outputs, {'reference': references, 'shapes': shapes,
-                     'feature_mask': level_masks[-1]}
+    return outputs, {'reference': references, 'shapes': shapes, 'valid_ratios': ratios,
+                     'sampling': sampling, 'feature_mask': level_masks[-1], **extras}

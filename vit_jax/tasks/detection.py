@@ -192,8 +192,13 @@ class DetectionTask(base.Task):
 
   def loss_fn(self, params, batch, rng, frozen=None):
     del frozen  # No teacher.
-    outputs, _ = self.model.apply({'params': params}, batch['image'], batch['pixel_mask'],
-                                  train=True, rngs={'dropout': rng})
+    outputs, aux = self.model.apply({'params': params}, batch['image'], batch['pixel_mask'],
+                                    train=True, rngs={'dropout': rng})
+    return self.criterion(outputs, aux, batch)
+
+  def criterion(self, outputs, aux, batch):
+    """The training loss of the model's outputs → (loss, metrics)."""
+    del aux
     return set_criterion(self._loss_outputs(outputs), batch, num_classes=self.model.num_classes,
                          **self._loss_settings())
 
