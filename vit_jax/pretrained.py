@@ -76,14 +76,57 @@ def save_npz(params, path):
 
 
 def load_npz(path):
-  """Reads a flat {'a/b/c': array} dict; a clear error for a missing or damaged file."""
+  """Reads a flat {'a/b/c': array} dict from a .npz (or, by its extension, .safetensors)
+  file; a clear error for a missing or damaged file."""
+  safetensors = path.endswith('.safetensors')
   try:
+    if safetensors:
+      from safetensors.numpy import load_file
+      return load_file(path)
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
   except FileNotFoundError:
     raise errors.NotFound(f'Checkpoint {path!r} does not exist.') from None
   except Exception as e:
-    raise errors.UserError(f'Checkpoint {path!r} is not a readable .npz file: {e}') from e
+    kind = '.safetensors' if safetensors else '.npz'
+    raise errors.UserError(f'Checkpoint {path!r} is not a readable {kind} file: {e}') from e
+
+
+_TORCHVISION_NORM = {'weight': 'scale', 'bias': 'bias', 'running_mean': 'mean',
+                     'running_var': 'var'}
+
+
+def is_torchvision_resnet(flat):
+  return 'conv1.weight' in flat and 'layer1.0.conv1.weight' in flat
+
+
+def from_torchvision_resnet(state):
+  """A torchvision ResNet state dict ('layer2.0.downsample.1.running_var', ...: what
+  `torch.load` gives for its ImageNet weights, saved as .safetensors or .npz) → the flat
+  parameters of models/resnet.ResNet with frozen BatchNorm ('stage2_block0/shortcut_bn/var').
+  Convolution kernels go from [out, in, h, w] to [h, w, in, out]; the classifier (fc) and
+  BatchNorm's batch counters are dropped."""
+  out = {}
+  for key, value in state.items():
+    *path, leaf = key.split('.')
+    if path[0] == 'fc' or leaf == 'num_batches_tracked':
+      continue
+    if path[0].startswith('layer'):  # layer{s}.{b}.conv{i}, bn{i}, downsample.{0: conv, 1: bn}
+      block = f'stage{path[0][5:]}_block{path[1]}'
+      part = path[2:]
+      if part[0] == 'downsample':
+        name = 'shortcut_conv' if part[1] == '0' else 'shortcut_bn'
+      else:
+        name = part[0][:-1] + str(int(part[0][-1]) - 1)  # Ours count from 0.
+      module = f'{block}/{name}'
+    else:  # The stem: conv1, bn1.
+      module = {'conv1': 'stem_conv', 'bn1': 'stem_bn'}.get(path[0], path[0])
+    value = np.asarray(value)
+    if value.ndim == 4:
+      out[f'{module}/kernel'] = value.transpose(2, 3, 1, 0)
+    else:
+      out[f'{module}/{_TORCHVISION_NORM.get(leaf, leaf)}'] = value
+  return out
 
 
 def resize_posemb(posemb, grid, num_prefix_tokens):

@@ -9,6 +9,7 @@ import numpy as np
 
 from vit_jax import errors
 from vit_jax import losses
+from vit_jax import pretrained
 from vit_jax.data import detection as data
 from vit_jax.data import pipeline
 from vit_jax.evaluators import coco
@@ -164,6 +165,23 @@ class DetectionTask(base.Task):
 
   def model_dim(self):
     return self.model.hidden_size
+
+  def load_pretrained(self, params, path):
+    """config.pretrained.path: a torchvision ResNet's ImageNet weights (.safetensors or .npz
+    in its state-dict names) into the backbone, the rest fresh; or a whole detector exported
+    by --mode=export."""
+    restored = pretrained.load_npz(path)
+    if not pretrained.is_torchvision_resnet(restored):
+      return super().load_pretrained(params, path)
+    m = self.model
+    if m.backbone_norm != 'frozen_bn':
+      raise errors.UserError(f'{path!r} is a torchvision ResNet, whose BatchNorm statistics '
+                             f'need model.backbone_norm=\'frozen_bn\', not '
+                             f'{m.backbone_norm!r}.')
+    backbone = pretrained.fit(params['backbone'], pretrained.from_torchvision_resnet(restored),
+                              source=f'torchvision ResNet {path!r}',
+                              what=f'the {m.backbone_name} backbone')
+    return dict(params, backbone=backbone)
 
   def datasets(self):
     c = self.config.data
