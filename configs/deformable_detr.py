@@ -15,7 +15,8 @@ Arguments (comma-separated): 'tiny' for tests and smoke runs; 'refine' for itera
 box refinement (§4.2); 'two_stage' for two-stage Deformable DETR (§4.2, with refinement);
 'r50' for the paper's model (ResNet-50 with frozen BatchNorm, 6+6
 layers, 300 queries, 50 epochs with the learning rate dropped at 40) on COCO in data_dir:
-  python main.py --config=configs/deformable_detr.py:r50 --config.data.data_dir=/data/coco
+  python main.py --config=configs/deformable_detr.py:r50 --config.data.data_dir=/data/coco \
+    --config.pretrained.path=resnet50.safetensors
 """
 import ml_collections
 

@@ -10,8 +10,12 @@ Transformer with 12 queries, COCO mAP on the 500 held-out images.
   minutes (generating the images included) on a 2-core AMD EPYC (Zen 4) CPU.
 
 Arguments (comma-separated): 'tiny' for tests and smoke runs; 'r50' for the paper's model
-(ResNet-50 with frozen BatchNorm, 6+6 layers, 100 queries, 800-1333 px) on COCO in data_dir:
-  python main.py --config=configs/detr.py:r50 --config.data.data_dir=/data/coco
+and training (ResNet-50 with frozen BatchNorm, 6+6 layers, 100 queries, 800-1333 px, dropout
+and attention dropout 0.1, 500 epochs with the learning rate x0.1 after 400) on COCO in
+data_dir, from torchvision's ImageNet ResNet-50 (README: converting its .pth):
+  python main.py --config=configs/detr.py:r50 --config.data.data_dir=/data/coco \
+    --config.pretrained.path=resnet50.safetensors
+model.norm_first=True gives pre-LayerNorm blocks (the official code's `normalize_before`).
 """
 import ml_collections
 
@@ -27,7 +31,7 @@ def get_config(arg=''):
       num_queries=12, backbone_name='resnet-tiny', dilation=True,
       backbone_norm='group_norm', frozen_stages=-1, hidden_size=128,
       num_heads=4, num_encoder_layers=2, num_decoder_layers=6, mlp_dim=256, dropout_rate=0.0,
-      attention_dropout_rate=0.0, posemb='sine'))
+      attention_dropout_rate=0.0, posemb='sine', norm_first=False))
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, eos_coef=0.1, class_weight=1.0, l1_weight=5.0, giou_weight=2.0,
       matcher='scipy'))  # or 'device': an exact Hungarian solver inside the jitted step.

@@ -2,6 +2,7 @@ import jax
 import numpy as np
 import pytest
 
+from vit_jax.layers import posemb
 from vit_jax.models import detr
 from vit_jax.models import resnet
 from vit_jax.tasks import detection
@@ -171,6 +172,67 @@ def test_more_padding_gives_the_same_predictions():
   large, _ = model.apply({'params': params}, big, big_mask, method=model.detect)
   np.testing.assert_allclose(small['logits'], large['logits'], atol=1e-4)
   np.testing.assert_allclose(small['boxes'], large['boxes'], atol=1e-5)
+
+
+def layer_norm(p, x):
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-5) * p['scale'] + p['bias']
+
+
+def attend(p, q, k, v, key_valid):
+  """Multi-head attention of one example, float64, keys where key_valid."""
+  proj = lambda x, n: np.einsum('ld,dhk->hlk', x, p[n]['kernel']) + p[n]['bias'][:, None]
+  q, k, v = proj(q, 'query'), proj(k, 'key'), proj(v, 'value')
+  scores = np.einsum('hqk,hsk->hqs', q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(key_valid, scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum('hqs,hsk,hkd->qd', weights, v, p['out']['kernel']) + p['out']['bias']
+
+
+def mlp(p, x):
+  dense = lambda q, x: x @ q['kernel'] + q['bias']
+  return dense(p['Dense_1'], np.maximum(dense(p['Dense_0'], x), 0))
+
+
+def test_pre_norm_detr_is_the_official_forward_pre():
+  """norm_first=True against the official code's `normalize_before` path, written out in
+  float64: every sublayer x + f(norm(x)), positions added to the normalised queries and
+  keys, a final encoder norm, and the decoder's norm on every layer's output."""
+  model = detr.DETR(num_classes=3, num_queries=5, backbone_name='resnet-tiny', hidden_size=32,
+                    num_heads=4, num_encoder_layers=2, num_decoder_layers=2, mlp_dim=64,
+                    dropout_rate=0.0, norm_first=True)
+  image, mask = images(1)
+  params = jax.device_get(model.init(jax.random.key(0), image, mask)['params'])
+  params = jax.tree.map(lambda a: np.asarray(a, np.float64) + np.random.default_rng(a.size).normal(
+      size=a.shape) * 0.1, params)  # LayerNorms and biases away from 1 and 0.
+  features = np.random.default_rng(2).normal(size=(2, 3, 4, 128)).astype(np.float32)
+  feature_mask = np.ones((2, 3, 4), bool)
+  feature_mask[1, 2:] = feature_mask[1, :, 3:] = False
+  outputs, _ = model.apply({'params': params}, features, feature_mask, method=model.detect)
+  pos = np.asarray(posemb.sine_2d(feature_mask, 16), np.float64).reshape(2, 12, 32)
+  enc, dec = params['encoder'], params['decoder']
+  for b in range(2):
+    valid = feature_mask[b].reshape(-1)
+    x = features[b].reshape(12, 128) @ params['input_proj']['kernel'][0, 0] + params[
+        'input_proj']['bias']
+    for i in range(2):
+      p = enc[f'encoderblock_{i}']
+      y = layer_norm(p['LayerNorm_0'], x)
+      x = x + attend(p['MultiHeadDotProductAttention_1'], y + pos[b], y + pos[b], y, valid)
+      x = x + mlp(p['MlpBlock_3'], layer_norm(p['LayerNorm_2'], x))
+    memory = layer_norm(enc['encoder_norm'], x)
+    query_pos, t = params['query_embed'], np.zeros((5, 32))
+    for i in range(2):
+      p = dec[f'decoderblock_{i}']
+      y = layer_norm(p['LayerNorm_0'], t)
+      t = t + attend(p['SelfAttention'], y + query_pos, y + query_pos, y, np.ones(5, bool))
+      y = layer_norm(p['LayerNorm_1'], t)
+      t = t + attend(p['CrossAttention'], y + query_pos, memory + pos[b], memory, valid)
+      t = t + mlp(p['MlpBlock'], layer_norm(p['LayerNorm_2'], t))
+      hidden = layer_norm(dec['decoder_norm'], t)
+      logits = hidden @ params['class_head']['kernel'] + params['class_head']['bias']
+      np.testing.assert_allclose(outputs['logits'][i, b], logits, atol=1e-4)
 
 
 def test_backbone_variants_and_dilation():

@@ -60,6 +60,7 @@ class DETR(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
   posemb: str = 'sine'  # or 'learn'
+  norm_first: bool = False  # Pre-LayerNorm blocks and a final encoder norm (`normalize_before`).
   compute: kernels.Compute = kernels.Compute()
 
   def setup(self):
@@ -73,9 +74,10 @@ class DETR(nn.Module):
       raise errors.UserError(f"Unknown posemb {self.posemb!r}; expected 'sine' or 'learn'.")
     block = transformer.BlockConfig(
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, norm_first=False,
+        attention_dropout_rate=self.attention_dropout_rate, norm_first=self.norm_first,
         activation='relu', layer_norm_eps=1e-5, compute=self.compute)
-    self.encoder = transformer.Encoder(self.num_encoder_layers, block, final_norm=False)
+    self.encoder = transformer.Encoder(self.num_encoder_layers, block,
+                                       final_norm=self.norm_first)
     self.decoder = transformer.Decoder(self.num_decoder_layers, block, final_norm=True,
                                        norm_every_output=True)
     self.query_embed = self.param('query_embed', nn.initializers.normal(1.0),
