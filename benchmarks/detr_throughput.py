@@ -1,11 +1,15 @@
-"""DETR speed, side by side in one run on this machine.
+"""DETR and Deformable DETR speed, side by side in one run on this machine.
 
   .venv/bin/python benchmarks/detr_throughput.py
 
-1. Training: images/s of our train step (set loss with auxiliary losses, scipy matcher, AdamW)
-   vs Hugging Face `DetrForObjectDetection` (PyTorch, same ResNet-10 backbone, sizes, queries,
-   batch and image size, auxiliary loss on), float32.
-2. Matching one batch of 64 images x 100 queries x {10, 50, 100} targets: our scipy host
+1. Training: images/s of our train steps (set loss with auxiliary losses, scipy matcher,
+   AdamW, gradient clipping) vs Hugging Face's `DetrForObjectDetection` and
+   `DeformableDetrForObjectDetection` (PyTorch), each pair with the same ResNet-10 backbone
+   (frozen BatchNorm), sizes, queries, batch and image size, float32; and the two models
+   against each other.
+2. Deformable attention's two samplings (layers/deformable.py), forward and backward, on
+   Deformable DETR's encoder (every pixel of four levels a query) at growing image sizes.
+3. Matching one batch of 64 images x 100 queries x {10, 50, 100} targets: our scipy host
    callback and our on-device Hungarian solver (both jit-compiled) vs a plain scipy loop.
 Timed alternately after warm-up; medians with min-max.
 """
@@ -20,7 +24,9 @@ import scipy.optimize
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import alternate, our_train_step, table  # noqa: E402
+from configs import deformable_detr as deformable_config  # noqa: E402
 from configs import detr as detr_config  # noqa: E402
+from vit_jax.layers import deformable  # noqa: E402
 from vit_jax.ops import matching  # noqa: E402
 
 
@@ -37,19 +43,27 @@ def synthetic_batch(rng, batch, canvas, max_boxes, num_classes):
 
 
 def torch_train(m, num_classes, data, lr):
-  """m: our DETR module (its sizes)."""
+  """m: our DETR or DeformableDETR module (its sizes) → the same model in PyTorch."""
   import torch
-  from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
-  backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                          layer_type='basic', out_features=['stage4'])
-  config = DetrConfig(use_timm_backbone=False, backbone_config=backbone,
-                      use_pretrained_backbone=False, num_queries=m.num_queries,
-                      d_model=m.hidden_size, encoder_layers=m.num_encoder_layers,
-                      decoder_layers=m.num_decoder_layers, encoder_attention_heads=m.num_heads,
-                      decoder_attention_heads=m.num_heads, encoder_ffn_dim=m.mlp_dim,
-                      decoder_ffn_dim=m.mlp_dim, num_labels=num_classes, auxiliary_loss=True,
-                      dropout=m.dropout_rate)
-  model = DetrForObjectDetection(config).train()
+  import transformers as hf
+  deformable = hasattr(m, 'num_feature_levels')
+  stages = ['stage2', 'stage3', 'stage4'] if deformable else ['stage4']
+  backbone = hf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                             depths=[1, 1, 1, 1], layer_type='basic', out_features=stages)
+  sizes = dict(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
+               num_queries=m.num_queries, d_model=m.hidden_size,
+               encoder_layers=m.num_encoder_layers, decoder_layers=m.num_decoder_layers,
+               encoder_attention_heads=m.num_heads, decoder_attention_heads=m.num_heads,
+               encoder_ffn_dim=m.mlp_dim, decoder_ffn_dim=m.mlp_dim, num_labels=num_classes,
+               auxiliary_loss=True, dropout=m.dropout_rate)
+  if deformable:
+    config = hf.DeformableDetrConfig(**sizes, num_feature_levels=m.num_feature_levels,
+                                     encoder_n_points=m.encoder_points,
+                                     decoder_n_points=m.decoder_points,
+                                     with_box_refine=m.box_refine, two_stage=m.two_stage)
+    model = hf.DeformableDetrForObjectDetection(config).train()
+  else:
+    model = hf.DetrForObjectDetection(hf.DetrConfig(**sizes)).train()
   opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                           weight_decay=1e-4)
   pixels = torch.from_numpy(data['image'].transpose(0, 3, 1, 2).copy())
@@ -72,22 +86,50 @@ def scipy_loop(cost):
     scipy.optimize.linear_sum_assignment(c)
 
 
+def sampling_runs(rng, sizes, batch=8, heads=4, head_dim=32, points=4):
+  """{(size, sampling): a jitted forward and backward of deformable attention over the four
+  levels (strides 8-64) of a size x size image, every pixel a query}."""
+  runs = {}
+  for size in sizes:
+    shapes = tuple((-(-size // s), -(-size // s)) for s in (8, 16, 32, 64))
+    positions = sum(h * w for h, w in shapes)
+    value = rng.normal(size=(batch, positions, heads, head_dim)).astype(np.float32)
+    locations = rng.uniform(0, 1, (batch, positions, heads, 4, points, 2)).astype(np.float32)
+    weights = rng.dirichlet(np.ones(4 * points), (batch, positions, heads)).reshape(
+        batch, positions, heads, 4, points).astype(np.float32)
+    for sampling in ('dense', 'gather'):
+      grad = jax.jit(jax.grad(lambda v, loc, w, s=sampling, sh=shapes: (
+          deformable.multi_scale_deformable_attention(v, sh, loc, w, s) ** 2).sum(),
+          argnums=(0, 1, 2)))
+      runs[(size, sampling)] = lambda g=grad, a=(value, locations, weights): (
+          jax.block_until_ready(g(*a)))
+  return runs
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--canvas', type=int, default=128)
   parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--sampling_sizes', default='64,128,256')
   args = parser.parse_args()
-  config = detr_config.get_config()
-  # Hugging Face's ResNet has no dilation: compare both at stride 32.
-  config.update_from_flattened_dict({'batch_size': args.batch, 'model.dilation': False,
-                                     'data.canvas': args.canvas})
   rng = np.random.default_rng(0)
-  data = synthetic_batch(rng, args.batch, args.canvas, config.data.max_boxes, 3)
-  ours_step, trainer = our_train_step(config, data)
-  m = trainer.task.model
-  torch_step = torch_train(m, 3, data, config.optim.learning_rate)
-  runs = {'ours': ours_step, 'torch': torch_step}
+  runs, models = {}, {}
+  for family, config_lib in (('detr', detr_config), ('deformable', deformable_config)):
+    config = config_lib.get_config()
+    # Hugging Face's ResNet has no dilation (DETR at stride 32) and its detectors freeze
+    # BatchNorm: ours too, so both sides do the same work.
+    config.update_from_flattened_dict({'batch_size': args.batch, 'data.canvas': args.canvas,
+                                       'model.backbone_norm': 'frozen_bn'})
+    if family == 'detr':
+      config.model.dilation = False
+    data = synthetic_batch(rng, args.batch, args.canvas, config.data.max_boxes, 3)
+    runs[family], trainer = our_train_step(config, data)
+    models[family] = m = trainer.task.model
+    runs[f'torch-{family}'] = torch_train(m, 3, data, config.optim.learning_rate)
+  sizes = [int(s) for s in args.sampling_sizes.split(',')]
+  sampling = sampling_runs(rng, sizes)
+  runs.update(sampling)
 
   valid = {t: np.ones((64, t), bool) for t in (10, 50, 100)}
   cost = {t: rng.normal(size=(64, 100, t)).astype(np.float32) for t in valid}
@@ -98,12 +140,21 @@ def main():
       runs[f'{name}-{t}'] = (lambda s=solve, t=t: jax.block_until_ready(s(cost[t], valid[t])))
     runs[f'loop-{t}'] = lambda t=t: scipy_loop(cost[t])
   times = alternate(runs, args.rounds)
-  print(f'DETR: {m.backbone_name} backbone, hidden_size {m.hidden_size}, {m.num_encoder_layers}+'
-        f'{m.num_decoder_layers} layers, {m.num_queries} queries, batch {args.batch}, '
-        f'{args.canvas}x{args.canvas} images, float32, {args.rounds} alternating rounds')
-  table('Training step (set loss + auxiliary losses, AdamW, gradient clipping)', 'images/s',
-        [('vit_jax (JAX/Flax, scipy matcher)', times['ours']),
-         ('Hugging Face DetrForObjectDetection (PyTorch)', times['torch'])], args.batch)
+  print(f'batch {args.batch}, {args.canvas}x{args.canvas} images, float32, {args.rounds} '
+        f'alternating rounds')
+  for family, name in (('detr', 'DetrForObjectDetection'),
+                       ('deformable', 'DeformableDetrForObjectDetection')):
+    m = models[family]
+    table(f'{type(m).__name__} training step ({m.backbone_name}, hidden_size {m.hidden_size}, '
+          f'{m.num_encoder_layers}+{m.num_decoder_layers} layers, {m.num_queries} queries; set '
+          f'loss + auxiliary losses, AdamW, gradient clipping)', 'images/s',
+          [('vit_jax (JAX/Flax, scipy matcher)', times[family]),
+           (f'Hugging Face {name} (PyTorch)', times[f'torch-{family}'])], args.batch)
+  table('The two models, ours (speed ratio: Deformable DETR over DETR)', 'images/s',
+        [('Deformable DETR', times['deformable']), ('DETR', times['detr'])], args.batch)
+  for size in sizes:
+    table(f'Deformable attention, forward + backward, batch 8, a {size}x{size} image\'s four '
+          f'levels', '', [(f'{s} sampling', times[(size, s)]) for s in ('dense', 'gather')], 0)
   for t in valid:
     table(f'Hungarian matching, 64 images x 100 queries x {t} targets', '', [
         ('ours: scipy via host callback (jit)', times[f'scipy-{t}']),
