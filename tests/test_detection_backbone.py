@@ -9,6 +9,7 @@ import torch
 from configs import deformable_detr as deformable_config
 from configs import detr as detr_config
 from vit_jax import pretrained
+from vit_jax import tasks
 from vit_jax import train
 from vit_jax.models import resnet
 
@@ -78,16 +79,20 @@ def test_a_backbone_that_does_not_fit_names_what_is_missing(tmp_path):
   state = torchvision_names(hugging_face_resnet())
   path = str(tmp_path / 'resnet.npz')
   np.savez(path, **state)
-  config = detr_config.get_config('tiny')
-  config.update_from_flattened_dict({'pretrained.path': path, 'model.backbone_name': 'resnet18',
-                                     'model.backbone_norm': 'frozen_bn'})
-  with pytest.raises(ValueError) as e:
-    train.Trainer(config, devices=jax.devices()[:1]).initial_state()
-  message = str(e.value)
-  assert f"torchvision ResNet '{path}' does not fit the resnet18 backbone." in message
-  assert "'stage1_block1/conv0/kernel'" in message.split('unexpected')[0]  # Missing.
-  assert "mis-shaped: ['stage1_block0/bn0/bias: checkpoint (16,) vs model (64,)'" in message
-  config.model.update(backbone_name='resnet-tiny', backbone_norm='group_norm')
-  with pytest.raises(ValueError, match="is a torchvision ResNet, whose BatchNorm statistics need model.backbone_norm='frozen_bn', not 'group_norm'"):
-    train.Trainer(config, devices=jax.devices()[:1]).initial_state()
   assert pretrained.is_torchvision_resnet(state)
+  config = detr_config.get_config('tiny')
+  for backbone, norm in (('resnet18', 'frozen_bn'), ('resnet-tiny', 'group_norm')):
+    config.model.update(backbone_name=backbone, backbone_norm=norm)
+    task = tasks.get_task(config.task)(config, str(tmp_path))
+    params = jax.eval_shape(task.init, jax.random.key(0), task.dummy_batch(1))
+    with pytest.raises(ValueError) as e:
+      task.load_pretrained(params, path)
+    message = str(e.value)
+    if backbone == 'resnet18':
+      assert f"torchvision ResNet '{path}' does not fit the resnet18 backbone." in message
+      assert "'stage1_block1/conv0/kernel'" in message.split('unexpected')[0]  # Missing.
+      assert ("mis-shaped: ['stage1_block0/bn0/bias: checkpoint (16,) vs model (64,)'"
+              in message)
+    else:
+      assert message == (f"{path!r} is a torchvision ResNet, whose BatchNorm statistics need "
+                         "model.backbone_norm='frozen_bn', not 'group_norm'.")

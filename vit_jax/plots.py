@@ -88,7 +88,7 @@ def attention_per_object(image, objects, png_path, title='Decoder cross-attentio
 
 
 def sampling_points(image, objects, png_path,
-                    title='Deformable attention: sampling points of the last decoder layer'):
+                    title='Sampling points, last decoder layer'):
   """One panel per detected object: (box [4], caption, reference point (x, y), points [N, 2],
   weights [N]), all in pixels of `image`; points coloured and sized by their attention
   weight, the reference point a green cross (Deformable DETR's Fig. 6)."""
