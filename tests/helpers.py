@@ -1,4 +1,5 @@
-"""Helpers shared by the trainer tests: tiny configs, parameters, one loss-and-gradient step."""
+"""Helpers shared by the tests: tiny configs, parameters, one loss-and-gradient step, PyTorch
+reference models with non-trivial weights."""
 import jax
 import numpy as np
 
@@ -35,7 +36,20 @@ def loss_and_grads(config, workdir, params=None):
   batch = [preprocess.train(train_source[i], rng) for i in range(4)]
   batch = jax.tree.map(lambda *x: np.stack(x), *batch)
   if params is None:
-    params = task.init(jax.random.key(0), batch)
+    params = jax.jit(task.init)(jax.random.key(0), batch)  # Compiled: far quicker than op by op.
   grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
   (loss, _), grads = grad_fn(params, batch, jax.random.key(1))
   return params, loss, grads
+
+
+def perturbed(model):
+  """A PyTorch model with every parameter and frozen statistic moved away from its initial
+  value (variances into [0.5, 1.5)), so ports of 1s, 0s and BatchNorm statistics are tested."""
+  import torch
+  with torch.no_grad():
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+      if 'running_var' in name:
+        p.copy_(torch.rand_like(p) + 0.5)
+      elif p.dtype == torch.float32:
+        p.copy_(p + torch.randn_like(p) * 0.1)
+  return model

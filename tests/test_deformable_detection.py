@@ -18,9 +18,9 @@ def test_topk_keeps_the_best_query_class_pairs():
   logits[0, 2, 1], logits[0, 0, 0], logits[0, 2, 0] = 3.0, 2.0, 1.0
   boxes = np.array([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.3, 0.3, 0.2, 0.4]]],
                    np.float32)
-  scores, labels, xyxy = deformable_detection.topk_postprocess(logits, boxes, k=3)
+  scores, labels, xyxy, queries = deformable_detection.topk_postprocess(logits, boxes, k=3)
   np.testing.assert_allclose(scores[0], 1 / (1 + np.exp(-np.array([3.0, 2.0, 1.0]))), rtol=1e-6)
-  assert labels[0].tolist() == [1, 0, 0]
+  assert labels[0].tolist() == [1, 0, 0] and queries[0].tolist() == [2, 0, 2]
   np.testing.assert_allclose(xyxy[0, 0], [0.2, 0.1, 0.4, 0.5], atol=1e-6)  # Query 2 twice.
   np.testing.assert_allclose(xyxy[0, 2], xyxy[0, 0], atol=1e-6)
 
@@ -47,7 +47,7 @@ def test_two_stage_learns_its_proposals(tmp_path):
   rng = np.random.default_rng(0)
   batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
                                                  for i in range(8)])
-  params = task.init(jax.random.key(0), batch)
+  params = jax.jit(task.init)(jax.random.key(0), batch)
   tx = optax.adam(1e-3)
   grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 

@@ -8,6 +8,7 @@ import torch
 
 from configs import deformable_detr as deformable_config
 from configs import detr as detr_config
+from helpers import perturbed
 from vit_jax import pretrained
 from vit_jax import tasks
 from vit_jax import train
@@ -21,13 +22,7 @@ def hugging_face_resnet():
   torch.manual_seed(0)
   model = ResNetModel(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
                                    depths=[1, 1, 1, 1], layer_type='basic')).eval()
-  with torch.no_grad():
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-      if 'running_var' in name:
-        p.copy_(torch.rand_like(p) + 0.5)
-      elif p.dtype == torch.float32:
-        p.copy_(p + torch.randn_like(p) * 0.1)
-  return model
+  return perturbed(model)
 
 
 def torchvision_names(model):

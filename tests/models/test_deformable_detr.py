@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import perturbed
 from test_detr import Ported
 from test_detr import padded_targets
 from vit_jax.models import deformable_detr
@@ -36,13 +37,7 @@ def hf_model(box_refine, two_stage=False, seed=0):
       auxiliary_loss=True, with_box_refine=box_refine, two_stage=two_stage,
       two_stage_num_proposals=5)
   model = DeformableDetrForObjectDetection(config).eval()
-  with torch.no_grad():  # Every parameter and frozen statistic away from its initial value.
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-      if 'running_var' in name:
-        p.copy_(torch.rand_like(p) + 0.5)
-      elif p.dtype == torch.float32:
-        p.copy_(p + torch.randn_like(p) * 0.1)
-  return model
+  return perturbed(model)
 
 
 def port(model, box_refine, two_stage=False):
