@@ -67,12 +67,12 @@ def _dense_sampling(value, shapes, locations, weights):
   # Heads before queries throughout: the products below are then batched matrix products.
   x0, y0, fx, fy = _corners(locations.transpose(0, 2, 1, 3, 4, 5), np.asarray(shapes, np.int32))
   weights = weights.transpose(0, 2, 1, 3, 4)  # [B, heads, Q, L, P]
+  # Bilinear weight of every column (row): 1 − f at the left (top) corner, f at the next, 0
+  # elsewhere and for corners outside the map (zero padding).
+  tent = lambda i0, f, n: (jnp.where(np.arange(n) == i0[..., None], 1 - f[..., None], 0) +
+                           jnp.where(np.arange(n) == i0[..., None] + 1, f[..., None], 0))
   rows = []
   for level, (h, w) in enumerate(shapes):
-    # Bilinear weight of every column (row): 1 − f at the left (top) corner, f at the next,
-    # 0 elsewhere and for corners outside the map (zero padding).
-    tent = lambda i0, f, n: (jnp.where(np.arange(n) == i0[..., None], 1 - f[..., None], 0) +
-                             jnp.where(np.arange(n) == i0[..., None] + 1, f[..., None], 0))
     across = tent(x0[..., level, :], fx[..., level, :], w)  # [B, heads, Q, P, W]
     down = tent(y0[..., level, :], fy[..., level, :], h) * weights[..., level, :, None]
     grid = jnp.einsum('bmqpi,bmqpj->bmqij', down, across)

@@ -44,34 +44,33 @@ def valid_ratios(mask):
   return jnp.stack([mask[:, 0, :].sum(1) / w, mask[:, :, 0].sum(1) / h], -1).astype(jnp.float32)
 
 
-def encoder_reference_points(shapes, ratios):
-  """The encoder's reference points: every pixel centre of every level, normalised by the
-  valid extent of its level, then seen from each level → [B, S, L, 2] (x, y)."""
+def pixel_centres(shapes, ratios):
+  """Every pixel centre of every level, normalised by the valid extent of its level (0 to 1
+  across the image, beyond 1 in padding) → [B, S, 2] (x, y)."""
   points = []
   for level, (h, w) in enumerate(shapes):
     y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
     x = x.reshape(-1)[None] / (ratios[:, None, level, 0] * w)
     y = y.reshape(-1)[None] / (ratios[:, None, level, 1] * h)
     points.append(jnp.stack([x, y], -1))
-  return jnp.concatenate(points, 1)[:, :, None] * ratios[:, None]
+  return jnp.concatenate(points, 1)
 
 
-def encoder_proposals(level_masks):
+def encoder_reference_points(shapes, ratios):
+  """The encoder's reference points: the pixel centres seen from each level → [B, S, L, 2]."""
+  return pixel_centres(shapes, ratios)[:, :, None] * ratios[:, None]
+
+
+def encoder_proposals(shapes, ratios, valid):
   """Two-stage's fixed proposals: a box of side 0.05·2^level (of the valid image) centred on
   every pixel of every level → (logits [B, S, 4] (cx, cy, w, h) before the sigmoid, +inf
-  where there is no proposal; keep [B, S]: real pixels whose box lies within (0.01, 0.99))."""
-  boxes, real = [], []
-  for level, mask in enumerate(level_masks):
-    b, h, w = mask.shape
-    valid_w = mask[:, 0, :].sum(1).astype(jnp.float32)[:, None, None]
-    valid_h = mask[:, :, 0].sum(1).astype(jnp.float32)[:, None, None]
-    y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
-    centre = jnp.stack(jnp.broadcast_arrays(x / valid_w, y / valid_h), -1)  # [B, h, w, 2]
-    size = jnp.full_like(centre, 0.05 * 2.0 ** level)
-    boxes.append(jnp.concatenate([centre, size], -1).reshape(b, -1, 4))
-    real.append(mask.reshape(b, -1))
-  boxes, real = jnp.concatenate(boxes, 1), jnp.concatenate(real, 1)
-  keep = real & ((boxes > 0.01) & (boxes < 0.99)).all(-1)
+  where there is no proposal; keep [B, S]: real pixels (`valid`) whose box lies within
+  (0.01, 0.99))."""
+  centres = pixel_centres(shapes, ratios)
+  sizes = np.concatenate([np.full(h * w, 0.05 * 2.0 ** level) for level, (h, w) in
+                          enumerate(shapes)])
+  boxes = jnp.concatenate([centres, jnp.broadcast_to(sizes[None, :, None], centres.shape)], -1)
+  keep = valid & ((boxes > 0.01) & (boxes < 0.99)).all(-1)
   return jnp.where(keep[..., None], inverse_sigmoid(boxes), jnp.inf), keep
 
 
@@ -205,7 +204,7 @@ class DeformableDETR(nn.Module):
       if self.num_queries > memory.shape[1]:
         raise errors.UserError(f'two-stage keeps num_queries={self.num_queries} of the '
                                f'{memory.shape[1]} encoder pixels; use at most that many.')
-      proposals, keep = encoder_proposals(level_masks)
+      proposals, keep = encoder_proposals(shapes, ratios, valid)
       pixels = nn.LayerNorm(epsilon=1e-5, name='enc_output_norm')(
           nn.Dense(d, name='enc_output')(jnp.where(keep[..., None], memory, 0.0)))
       proposal_logits = class_heads[-1](pixels)

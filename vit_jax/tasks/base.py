@@ -153,9 +153,13 @@ class Task(abc.ABC):
     """Fine-tuning: `params` (freshly initialised) with the values of the .npz at `path`,
     as written by `--mode=export` from a model of this family. The head is kept fresh when
     config.pretrained.reset_head; anything else that does not fit is an error naming it."""
+    return self.fit_export(params, pretrained.load_npz(path), path)
+
+  def fit_export(self, params: Params, restored: Dict[str, Any], path: str) -> Params:
+    """`load_pretrained` of a file already read (`restored`: its flat arrays)."""
     fresh = self.head if self.config.pretrained.reset_head else ()
-    return pretrained.fit(params, pretrained.load_npz(path), fresh=fresh,
-                          source=f'Checkpoint {path!r}', what=f'the {self.config.task} model')
+    return pretrained.fit(params, restored, fresh=fresh, source=f'Checkpoint {path!r}',
+                          what=f'the {self.config.task} model')
 
   def representation(self, params: Params, batch: Batch) -> Tuple[Any, Any]:
     """(features [B, D], integer labels [B]) of an eval batch, for few-shot linear evaluation

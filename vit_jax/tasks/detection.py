@@ -172,7 +172,7 @@ class DetectionTask(base.Task):
     by --mode=export."""
     restored = pretrained.load_npz(path)
     if not pretrained.is_torchvision_resnet(restored):
-      return super().load_pretrained(params, path)
+      return self.fit_export(params, restored, path)
     m = self.model
     if m.backbone_norm != 'frozen_bn':
       raise errors.UserError(f'{path!r} is a torchvision ResNet, whose BatchNorm statistics '
