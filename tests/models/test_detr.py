@@ -245,6 +245,15 @@ def test_backbone_variants_and_dilation():
   net = resnet.ResNet(**resnet.decode_variant('resnet50'), dilation=True)
   shapes = jax.eval_shape(lambda: net.apply(net.init(jax.random.key(0), x), x))
   assert shapes['stage4'].shape == (1, 4, 4, 2048)  # DC5: stride 16.
+  net = resnet.ResNet(**resnet.decode_variant('resnet50'), dilation=2)
+  variables = net.init(jax.random.key(0), x)
+  shapes = jax.eval_shape(lambda: net.apply(variables, x))
+  assert shapes['stage3'].shape == (1, 8, 8, 1024) and shapes['stage4'].shape == (1, 8, 8, 2048)
+  # torchvision's replace_stride_with_dilation=[False, True, True]: the 3x3 convolutions of
+  # stage 3 at rate 2 (its first block at 1), of stage 4 at 4 (its first block at 2).
+  rates = [e.params['rhs_dilation'][0] for e in jax.make_jaxpr(net.apply)(variables, x).eqns
+           if e.primitive.name == 'conv_general_dilated' and e.invars[1].aval.shape[:2] == (3, 3)]
+  assert rates == [1] * (3 + 4) + [1] + [2] * 5 + [2] + [4] * 2
   count = lambda tree: sum(np.prod(p.shape) for p in jax.tree.leaves(tree))
   params = jax.eval_shape(lambda: resnet.ResNet(**resnet.decode_variant('resnet50')).init(
       jax.random.key(0), x))['params']

@@ -49,7 +49,7 @@ class DETR(nn.Module):
   num_classes: int
   num_queries: int = 100
   backbone_name: str = 'resnet50'
-  dilation: bool = False
+  dilation: int = 0  # Last stages dilated instead of strided: 1 (True) DC5, stride 16.
   backbone_norm: str = 'frozen_bn'
   frozen_stages: int = 1
   hidden_size: int = 256

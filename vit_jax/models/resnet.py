@@ -132,14 +132,15 @@ class Block(nn.Module):
 
 class ResNet(nn.Module):
   """image [B, H, W, 3] → {'stage1': [B, H/4, W/4, C1], …, 'stage4': [B, H/32, W/32, C4]}
-  (stage4 at H/16 with `dilation`; with stem='small', a 3x3 stride-1 stem and no max-pool for
+  (with `dilation`: the last `dilation` stages keep the resolution, e.g. 1 (or True): DETR's DC5,
+  stage4 at H/16; 2: stage3 and stage4 at H/8; with stem='small', a 3x3 stride-1 stem and no max-pool for
   small images such as 28x28 digits, H/1 … H/8)."""
   block: str = 'bottleneck'
   depths: Sequence[int] = (3, 4, 6, 3)
   widths: Sequence[int] = (256, 512, 1024, 2048)
   stem_width: int = 64
   stem: str = 'imagenet'  # or 'small'
-  dilation: bool = False
+  dilation: int = 0  # How many last stages dilate instead of striding (True: 1, DC5).
   norm: str = 'frozen_bn'
   frozen_stages: int = 1  # Stem + this many stages get no gradient (DETR: stem + stage 1);
   # -1 trains everything (from scratch, e.g. on the synthetic shapes).
@@ -173,13 +174,15 @@ class ResNet(nn.Module):
     after, default_stages = AFTER_STAGES.get(self.block_attention, (None, ()))
     stages = tuple(self.attention_stages or default_stages)
     features = {}
+    rate = 1  # torchvision's replace_stride_with_dilation: each dilated stage doubles the rate.
     for s, (depth, width) in enumerate(zip(self.depths, self.widths)):
-      last_dilated = self.dilation and s == len(self.depths) - 1
+      dilated = s >= len(self.depths) - int(self.dilation) and s > 0
+      previous, rate = rate, rate * 2 if dilated else rate
       for b in range(depth):
-        stride = 2 if (s > 0 and b == 0 and not last_dilated) else 1
-        # DC5: the last stage keeps the resolution and dilates its 3x3 convolutions instead
-        # (its first block still sees the undilated input, as in torchvision).
-        dilation = 2 if (last_dilated and b > 0) else 1
+        stride = 2 if (s > 0 and b == 0 and not dilated) else 1
+        # A dilated stage keeps the resolution and dilates its 3x3 convolutions instead (its
+        # first block at the previous stage's rate, as in torchvision).
+        dilation = previous if b == 0 else rate
         x = Block(width, self.block == 'bottleneck', stride, dilation, self.norm, in_block,
                   args if in_block else {}, self.dtype, name=f'stage{s + 1}_block{b}')(x, train)
       if s + 1 <= self.frozen_stages:
