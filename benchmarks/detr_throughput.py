@@ -120,9 +120,10 @@ def main():
     # Hugging Face's ResNet has no dilation (DETR at stride 32) and its detectors freeze
     # BatchNorm: ours too, so both sides do the same work.
     config.update_from_flattened_dict({'batch_size': args.batch, 'data.canvas': args.canvas,
-                                       'model.backbone_norm': 'frozen_bn'})
-    if family == 'detr':
-      config.model.dilation = False
+                                       'model.backbone_norm': 'frozen_bn',
+                                       'loss.matcher': 'scipy'})
+    if family == 'detr':  # The paper's six decoder layers (the shapes default has three).
+      config.model.update(dilation=0, num_decoder_layers=6)
     data = synthetic_batch(rng, args.batch, args.canvas, config.data.max_boxes, 3)
     runs[family], trainer = our_train_step(config, data)
     models[family] = m = trainer.task.model
