@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 from absl import logging
@@ -28,6 +29,14 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # ImageNet statistics, as in
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+def read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise errors.UserError(f'{path} is not valid JSON: {e}') from None
+
+
 class Coco:
   """A COCO-format annotation file and its image folder."""
 
@@ -38,11 +47,7 @@ class Coco:
     if not self.annotation_path.exists():
       raise errors.UserError(f'No COCO annotations for split {split!r}: expected '
                              f'{self.annotation_path}.')
-    try:
-      with open(self.annotation_path) as f:
-        self.coco = json.load(f)
-    except json.JSONDecodeError as e:
-      raise errors.UserError(f'{self.annotation_path} is not valid JSON: {e}') from None
+    self.coco = read_json(self.annotation_path)
     missing = [k for k in ('images', 'annotations', 'categories') if k not in self.coco]
     if missing:
       raise errors.UserError(f'{self.annotation_path} lacks {missing}; a COCO file needs "images", '
@@ -177,21 +182,23 @@ def _background(rng, h, w):
   return np.clip(image, 0, 255).astype(np.uint8), base
 
 
-def _draw(image, rng, kind, box, background_colour):
+def _draw(image, rng, kind, box, background_colour, ids, index):
+  """Draws the shape on `image` in a colour that stands out, and its instance `index` on
+  the id map `ids` (a later shape covers an earlier one in both)."""
   from PIL import ImageDraw
   while True:  # A colour that stands out from the background.
     colour = rng.integers(0, 256, 3)
     if np.abs(colour - background_colour).max() > 80:
       break
-  draw = ImageDraw.Draw(image)
-  x0, y0, x1, y1 = box
-  fill = tuple(int(c) for c in colour)
-  if kind == 'circle':
-    draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
-  elif kind == 'rectangle':
-    draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
-  else:
-    draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
+  for canvas, fill in ((image, tuple(int(c) for c in colour)), (ids, index)):
+    draw = ImageDraw.Draw(canvas)
+    x0, y0, x1, y1 = box
+    if kind == 'circle':
+      draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
+    elif kind == 'rectangle':
+      draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
+    else:
+      draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
 
 
 def _iou(a, b):
@@ -203,7 +210,8 @@ def _iou(a, b):
 
 def make_shape_image(rng, min_size, max_size, max_objects, object_size=(1 / 6, 1 / 2)):
   """One image of 1..max_objects shapes of varied class, size (a fraction `object_size` of
-  the shorter side), colour and overlap."""
+  the shorter side), colour and overlap. → (image, [(box, kind)], instance ids uint8 [H, W]:
+  0 background, i + 1 where object i is visible)."""
   h, w = rng.integers(min_size, max_size + 1, 2)
   pixels, background_colour = _background(rng, h, w)
   image = Image.fromarray(pixels)
@@ -220,39 +228,97 @@ def make_shape_image(rng, min_size, max_size, max_objects, object_size=(1 / 6, 1
       if all(_iou(box, other) < 0.3 for other, _ in objects):
         objects.append((box, kind))
         break
-  for box, kind in objects:
-    _draw(image, rng, kind, box, background_colour)
-  return image, objects
+  ids = Image.new('L', image.size, 0)
+  for i, (box, kind) in enumerate(objects):
+    _draw(image, rng, kind, box, background_colour, ids, i + 1)
+  return image, objects, np.asarray(ids)
+
+
+def shapes(c, split):
+  """config.data's shapes written (once) in their cache folder → that folder: data_dir, or
+  a folder under the temporary directory named by the generator's settings."""
+  root = c.data_dir or os.path.join(
+      tempfile.gettempdir(), 'vit_jax_shapes',
+      f'v2_seed{c.shapes_seed}_train{c.shapes_train_images}_eval{c.shapes_eval_images}_'
+      f'size{c.shapes_min_size}-{c.shapes_max_size}_objects{c.shapes_max_objects}_'
+      f'{c.shapes_object_size[0]:.3f}-{c.shapes_object_size[1]:.3f}')
+  size = c.shapes_train_images if split == c.train_split else c.shapes_eval_images
+  write_shapes(root, split, size, seed=c.shapes_seed, min_size=c.shapes_min_size,
+               max_size=c.shapes_max_size, max_objects=c.shapes_max_objects,
+               object_size=c.shapes_object_size)
+  return root
 
 
 def write_shapes(data_dir, split, num_images, *, seed=0, min_size=48, max_size=64,
                  max_objects=4, object_size=(1 / 6, 1 / 2)):
-  """Writes `data_dir/<split>/*.png` and `data_dir/annotations/instances_<split>.json`
-  (deterministic in seed and split; atomic, so a half-written dataset is never read)."""
+  """Writes `data_dir/<split>/*.png`, `data_dir/annotations/instances_<split>.json` (boxes
+  and each object's visible mask as COCO RLE), semantic maps `data_dir/semantic/<split>/*.png`
+  (0 background, k + 1 for category k) and the COCO panoptic format
+  (`annotations/panoptic_<split>.json`, id maps `annotations/panoptic_<split>/*.png`, as in
+  COCO 2017; the background one
+  stuff segment), deterministic in seed and split; atomic: the instances file, written last,
+  marks a finished dataset."""
+  from pycocotools import mask as mask_utils
   root = pathlib.Path(data_dir)
   annotation_path = root / 'annotations' / f'instances_{split}.json'
   if annotation_path.exists():
     return
-  (root / split).mkdir(parents=True, exist_ok=True)
-  (root / 'annotations').mkdir(exist_ok=True)
+  for folder in (root / split, root / 'semantic' / split,
+                 root / 'annotations' / f'panoptic_{split}'):
+    folder.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng([seed, sum(map(ord, split))])
-  images, annotations = [], []
+  images, annotations, panoptic = [], [], []
   for i in range(num_images):
-    image, objects = make_shape_image(rng, min_size, max_size, max_objects, object_size)
+    image, objects, ids = make_shape_image(rng, min_size, max_size, max_objects, object_size)
     name = f'{i:06d}.png'
     image.save(root / split / name)
+    classes = np.array([0] + [SHAPES.index(kind) + 1 for _, kind in objects], np.uint8)
+    Image.fromarray(classes[ids]).save(root / 'semantic' / split / name)
     images.append({'id': i + 1, 'file_name': name, 'height': image.height,
                    'width': image.width})
-    for (x0, y0, x1, y1), kind in objects:
+    panoptic.append(write_panoptic_png(root / 'annotations' / f'panoptic_{split}' / name, ids,
+                                       classes, i + 1))
+    for k, ((x0, y0, x1, y1), kind) in enumerate(objects):
+      rle = mask_utils.encode(np.asfortranarray(ids == k + 1, np.uint8))
       annotations.append({'id': len(annotations) + 1, 'image_id': i + 1,
                           'category_id': SHAPES.index(kind) + 1,
-                          'bbox': [x0, y0, x1 - x0, y1 - y0], 'area': (x1 - x0) * (y1 - y0),
+                          'bbox': [x0, y0, x1 - x0, y1 - y0], 'area': int(mask_utils.area(rle)),
+                          'segmentation': {'size': rle['size'],
+                                           'counts': rle['counts'].decode('ascii')},
                           'iscrowd': 0})
-  coco = {'images': images, 'annotations': annotations,
-          'categories': [{'id': i + 1, 'name': n} for i, n in enumerate(SHAPES)]}
-  tmp = annotation_path.with_suffix(f'.tmp{os.getpid()}')
-  tmp.write_text(json.dumps(coco))
-  os.replace(tmp, annotation_path)
+  categories = [{'id': i + 1, 'name': n} for i, n in enumerate(SHAPES)]
+  coco = {'images': images, 'annotations': annotations, 'categories': categories}
+  panoptic = {'images': images, 'annotations': panoptic, 'categories': [
+      dict(c, isthing=1) for c in categories] + [{'id': BACKGROUND_ID, 'name': 'background',
+                                                  'isthing': 0}]}
+  for path, content in ((root / 'annotations' / f'panoptic_{split}.json', panoptic),
+                        (annotation_path, coco)):
+    tmp = path.with_suffix(f'.tmp{os.getpid()}')
+    tmp.write_text(json.dumps(content))
+    os.replace(tmp, path)
+
+
+BACKGROUND_ID = len(SHAPES) + 1  # The shapes' one stuff category, in the panoptic files.
+
+
+def write_panoptic_png(path, ids, classes, image_id):
+  """Instance ids (0 background, i + 1 object i) → a COCO panoptic PNG (segment id =
+  R + 256 G + 256² B; object i keeps id i + 1, the background gets the next free id) and its
+  annotation record. An object hidden entirely by later ones has no segment."""
+  background = len(classes)
+  segment_ids = np.where(ids == 0, background, ids).astype(np.uint32)
+  rgb = np.stack([segment_ids % 256, segment_ids // 256 % 256, segment_ids // 65536], -1)
+  Image.fromarray(rgb.astype(np.uint8)).save(path)
+  segments = []
+  for segment in range(1, background + 1):
+    ys, xs = np.nonzero(segment_ids == segment)
+    if not len(ys):
+      continue
+    category = BACKGROUND_ID if segment == background else int(classes[segment])
+    segments.append({'id': segment, 'category_id': category, 'iscrowd': 0, 'area': len(ys),
+                     'bbox': [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                              int(ys.max() - ys.min() + 1)]})
+  return {'image_id': image_id, 'file_name': path.name, 'segments_info': segments}
 
 
 # Preprocessing --------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Object detection with DETR: data, Hungarian matching, set loss, COCO evaluation, plots."""
 import functools
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +20,7 @@ from vit_jax.tasks import base
 
 def make_source(c, split):
   if c.name == 'shapes':
-    root = c.data_dir or os.path.join(
-        tempfile.gettempdir(), 'vit_jax_shapes',
-        f'seed{c.shapes_seed}_train{c.shapes_train_images}_eval{c.shapes_eval_images}_'
-        f'size{c.shapes_min_size}-{c.shapes_max_size}_objects{c.shapes_max_objects}_'
-        f'{c.shapes_object_size[0]:.3f}-{c.shapes_object_size[1]:.3f}')
-    size = c.shapes_train_images if split == 'train' else c.shapes_eval_images
-    data.write_shapes(root, split, size, seed=c.shapes_seed, min_size=c.shapes_min_size,
-                      max_size=c.shapes_max_size, max_objects=c.shapes_max_objects,
-                      object_size=c.shapes_object_size)
-    return data.Coco(root, split)
+    return data.Coco(data.shapes(c, split), split)
   if c.name == 'coco':
     return data.Coco(c.data_dir, split)
   if c.name == 'tfds':
