@@ -11,13 +11,16 @@ def test_warmup_then_cosine():
                              atol=1e-6)
 
 
-def test_linear_and_rsqrt():
+def test_linear_poly_and_rsqrt():
   lr = optim.make_schedule(10, 2.0, 'linear', end_lr_factor=0.5)
   np.testing.assert_allclose([lr(0), lr(5), lr(10)], [2.0, 1.5, 1.0], atol=1e-6)
   rsqrt = optim.make_schedule(0, 1.0, 'rsqrt', warmup_steps=4000, model_dim=512)
   # The paper's formula at step 100 (warming up) and 10,000 (decaying), 1-based steps.
   np.testing.assert_allclose(rsqrt(99), 512 ** -0.5 * 100 * 4000 ** -1.5, rtol=1e-5)
   np.testing.assert_allclose(rsqrt(9999), 512 ** -0.5 * 10000 ** -0.5, rtol=1e-5)
+  poly = optim.make_schedule(10, 2.0, 'poly')  # lr · (1 − step / total)^0.9 (DeepLab, SETR).
+  np.testing.assert_allclose([poly(0), poly(5), poly(10)], [2.0, 2.0 * 0.5 ** 0.9, 0.0],
+                             atol=1e-6)
 
 
 def test_weight_decay_only_on_matrices():

@@ -9,7 +9,8 @@ from vit_jax import errors
 
 def make_schedule(total_steps, learning_rate, schedule='cosine', warmup_steps=0,
                   end_lr_factor=0.0, model_dim=None, drop_steps=()):
-  """Linear warmup, then 'cosine', 'linear' or 'constant' decay, 'step' (x0.1 at each of
+  """Linear warmup, then 'cosine', 'linear', 'poly' (power 0.9: SETR's, from DeepLab) or
+  'constant' decay, 'step' (x0.1 at each of
   `drop_steps`, as DETR and Deformable DETR train), or the Transformer's 'rsqrt'
   (lr = learning_rate · model_dim^-0.5 · min(step^-0.5, step · warmup^-1.5), paper §5.3;
   model_dim is the model's width, which the trainer takes from the task)."""
@@ -26,6 +27,8 @@ def make_schedule(total_steps, learning_rate, schedule='cosine', warmup_steps=0,
       'cosine': lambda: optax.cosine_decay_schedule(learning_rate, decay_steps, end_lr_factor),
       'linear': lambda: optax.linear_schedule(learning_rate, learning_rate * end_lr_factor,
                                               decay_steps),
+      'poly': lambda: optax.polynomial_schedule(learning_rate, learning_rate * end_lr_factor,
+                                                0.9, decay_steps),
       'constant': lambda: optax.constant_schedule(learning_rate),
       'step': lambda: optax.piecewise_constant_schedule(
           learning_rate, {int(s) - warmup_steps: 0.1 for s in drop_steps}),

@@ -179,3 +179,24 @@ def exact_match_by_length(curves, png_path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16), ncol=2)
   return _save(fig, png_path, 'Greedy exact match by source length')
+
+
+def segmentations(panels, classes, png_path, title='Semantic segmentation'):
+  """Rows of (image uint8 [H, W, 3], label map [H, W], predicted map [H, W]): the image, then
+  the truth and the prediction, one colour per class (IGNORE white)."""
+  from vit_jax.data.segmentation import IGNORE
+  palette = np.array(plt.cm.tab20.colors if len(classes) > 10 else plt.cm.tab10.colors)
+  fig, axes = plt.subplots(len(panels), 3, figsize=(7.5, 2.5 * len(panels)), squeeze=False)
+  for row, (image, label, predicted) in zip(axes, panels):
+    row[0].imshow(image)
+    for ax, classes_map, name in ((row[1], label, 'truth'), (row[2], predicted, 'predicted')):
+      colour = palette[classes_map % len(palette)]
+      ax.imshow(np.where((classes_map == IGNORE)[..., None], 1.0, colour))
+      ax.set_title(name, fontsize=8)
+    for ax in row:
+      ax.axis('off')
+  handles = [plt.Rectangle((0, 0), 1, 1, color=palette[k % len(palette)])
+             for k in range(min(len(classes), len(palette)))]
+  fig.legend(handles, classes[:len(handles)], loc='lower center', ncol=min(len(handles), 6),
+             fontsize=7)
+  return _save(fig, png_path, title)

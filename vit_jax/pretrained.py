@@ -206,15 +206,15 @@ def load_vit(init_params, restored, grid, reset_head=True, source='Checkpoint'):
   """Fine-tuning a ViT: `restored` (flat .npz dict, in any layout `to_published` reads) fitted
   to a model whose fresh params are `init_params`. The position-embedding grid is resized to
   `grid` (patch rows, cols), keeping the leading class (and distillation) token rows; the head
-  is kept from `init_params` when `reset_head` (new classes), and `pre_logits` is dropped when
-  the model has no representation layer; the rest as in `fit`.
+  is kept from `init_params` when `reset_head` (new classes), `pre_logits` and the head are
+  dropped when the model has none (an encoder alone); the rest as in `fit`.
   """
   init = flatten(init_params)
   restored, layout = to_published(restored)
   if layout != 'published':
     source = f'{source} (read in the {layout} layout)'
   restored = {k: v for k, v in restored.items()
-              if not (k.startswith('pre_logits/') and k not in init)}
+              if not (k.startswith(('pre_logits/', 'head/', 'head_dist/')) and k not in init)}
   if POSEMB in restored and POSEMB in init and restored[POSEMB].shape != init[POSEMB].shape:
     prefix = sum(token in restored for token in ('cls', 'dist'))  # The file's own tokens.
     restored = dict(restored, **{POSEMB: resize_posemb(restored[POSEMB], grid, prefix)})

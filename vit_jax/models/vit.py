@@ -86,7 +86,8 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train=False, return_attention=False):
-    """images [B, H, W, C] → (logits [B, num_classes], aux).
+    """images [B, H, W, C] → (logits [B, num_classes], aux); num_classes=0: (None, aux),
+    the encoder alone.
 
     aux: 'pre_logits' [B, D or R], 'tokens' [B, N(+1), D] (encoder output), 'layers',
     'grid' (patch rows, cols) and, when asked for, 'attention' (each layer's weights
@@ -138,6 +139,8 @@ class VisionTransformer(nn.Module):
                                  name='Transformer')(x, deterministic=not train,
                                                      return_attention=return_attention)
     aux = dict(aux, tokens=x, grid=(gh, gw))
+    if not self.num_classes:  # An encoder for another family's head (SETR): no pooling, head.
+      return None, aux
 
     if self.classifier == 'map':
       x = transformer.MAPHead(block, name='MAPHead_0')(x)  # [B, D]

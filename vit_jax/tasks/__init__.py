@@ -10,6 +10,7 @@ TASKS = {
     'deformable_detection': 'vit_jax.tasks.deformable_detection:DeformableDetectionTask',
     'detection': 'vit_jax.tasks.detection:DetectionTask',
     'rnn_seq2seq': 'vit_jax.tasks.rnn_seq2seq:RnnSeq2SeqTask',
+    'segmentation': 'vit_jax.tasks.segmentation:SegmentationTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',
 }
 
