@@ -42,6 +42,35 @@ def loss_and_grads(config, workdir, params=None):
   return params, loss, grads
 
 
+def fit_one_batch(task, steps, learning_rate, size=8):
+  """Adam on one batch of `size` augmented training examples for `steps` steps (BatchNorm
+  statistics written back, as the trainer does) → ([(loss, {name: scalar})] per step, the
+  first step's gradients)."""
+  import optax
+  from vit_jax.tasks import base
+  source, _, preprocess = task.datasets()
+  rng = np.random.default_rng(0)
+  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
+                                                 for i in range(size)])
+  params = jax.jit(task.init)(jax.random.key(0), batch)
+  tx = optax.adam(learning_rate)
+  grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+
+  @jax.jit
+  def step(params, opt_state):
+    (loss, terms), grads = grad_fn(params, batch, jax.random.key(1))
+    state = terms.pop(base.STATE, {})
+    updates, opt_state = tx.update(grads, opt_state)
+    return {**optax.apply_updates(params, updates), **state}, opt_state, loss, terms, grads
+
+  opt_state, history, first = tx.init(params), [], None
+  for _ in range(steps):
+    params, opt_state, loss, terms, grads = step(params, opt_state)
+    history.append((float(loss), jax.tree.map(float, terms)))
+    first = grads if first is None else first
+  return history, first
+
+
 def perturbed(model):
   """A PyTorch model with every parameter and frozen statistic moved away from its initial
   value (variances into [0.5, 1.5)), so ports of 1s, 0s and BatchNorm statistics are tested."""

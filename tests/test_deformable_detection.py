@@ -3,9 +3,9 @@ embedded shapes, the configs. (The model and its focal set loss against Hugging 
 tests/models/test_deformable_detr.py.)"""
 import jax
 import numpy as np
-import optax
 import pytest
 
+import helpers
 from configs import deformable_detr as config_lib
 from vit_jax import metrics
 from vit_jax import tasks
@@ -43,27 +43,10 @@ def test_two_stage_learns_its_proposals(tmp_path):
   the query embedding of the chosen boxes get gradients, and the loss falls on a batch."""
   config = config_lib.get_config('tiny,two_stage')
   task = tasks.get_task(config.task)(config, str(tmp_path))
-  source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
-                                                 for i in range(8)])
-  params = jax.jit(task.init)(jax.random.key(0), batch)
-  tx = optax.adam(1e-3)
-  grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
-
-  @jax.jit
-  def step(params, opt_state):
-    (loss, metrics), grads = grad_fn(params, batch, jax.random.key(1))
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
-
-  opt_state, history = tx.init(params), []
-  for i in range(15):
-    params, opt_state, loss, metrics, grads = step(params, opt_state)
-    history.append((float(loss), float(metrics['loss_proposals'])))
-    if i == 0:
-      for name in ('enc_output', 'pos_trans', 'class_embed_2', 'bbox_embed_2'):
-        assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
+  steps, grads = helpers.fit_one_batch(task, 15, 1e-3)
+  for name in ('enc_output', 'pos_trans', 'class_embed_2', 'bbox_embed_2'):
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
+  history = [(loss, terms['loss_proposals']) for loss, terms in steps]
   assert 0 < history[0][1] < history[0][0]
   assert history[-1][0] < 0.8 * history[0][0] and history[-1][1] < history[0][1]
 

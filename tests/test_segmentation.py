@@ -3,14 +3,13 @@ the original label maps, overlays, and a ViT .npz initialising the encoder. (The
 tests/models/test_setr.py; loaders: tests/data/test_segmentation_data.py.)"""
 import jax
 import numpy as np
-import optax
 import pytest
 
+import helpers
 from configs import setr as config_lib
 from vit_jax import pretrained
 from vit_jax import tasks
 from vit_jax import train
-from vit_jax.tasks import base
 
 
 def test_setr_fits_a_batch_of_shapes():
@@ -18,25 +17,8 @@ def test_setr_fits_a_batch_of_shapes():
   config = config_lib.get_config('tiny,pup')
   config.model.aux_layers = (1,)
   task = tasks.get_task(config.task)(config, None)
-  source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
-                                                 for i in range(8)])
-  params = jax.jit(task.init)(jax.random.key(0), batch)
-  tx = optax.adam(3e-3)
-  grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
-
-  @jax.jit
-  def step(params, opt_state):
-    (loss, terms), grads = grad_fn(params, batch, jax.random.key(1))
-    state = terms.pop(base.STATE)
-    updates, opt_state = tx.update(grads, opt_state)
-    return {**optax.apply_updates(params, updates), **state}, opt_state, loss, terms
-
-  opt_state, history = tx.init(params), []
-  for _ in range(150):
-    params, opt_state, loss, terms = step(params, opt_state)
-    history.append(float(loss))
+  steps, _ = helpers.fit_one_batch(task, 150, 3e-3)
+  history, terms = [loss for loss, _ in steps], steps[-1][1]
   assert history[-1] < 0.3 * history[0] and 'aux_loss_1' in terms
   assert terms['pixel_accuracy'] > 0.9  # All background would be about 0.7.
 
