@@ -167,18 +167,17 @@ class CocoPanoptic:
 
   def __getitem__(self, i):
     record = self.records[i]
-    info = self.files[record['image_id']]
-    image = read_image(self.image_dir / info['file_name'], 'RGB')
+    image = read_image(self.image_dir / self.files[record['image_id']]['file_name'], 'RGB')
     segments = rgb_to_id(read_image(self.png_dir / record['file_name'], 'RGB'))
     image, _ = checked(image, segments, self.describe(i))
     label = np.full(segments.shape, IGNORE, np.uint8)
-    info = {}
+    segments_info = {}
     for s in record['segments_info']:
-      k = self.label_of[s['category_id']]
-      info[s['id']] = (k, bool(s.get('iscrowd', 0)))
-      label[segments == s['id']] = IGNORE if s.get('iscrowd', 0) else k
+      k, crowd = self.label_of[s['category_id']], bool(s.get('iscrowd', 0))
+      segments_info[s['id']] = (k, crowd)
+      label[segments == s['id']] = IGNORE if crowd else k
     return {'image': image, 'label': label, 'segments': segments.astype(np.int32),
-            'segments_info': info, 'image_id': record['image_id']}
+            'segments_info': segments_info, 'image_id': record['image_id']}
 
 
 class Tfds:
