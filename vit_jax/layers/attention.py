@@ -180,3 +180,34 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:  # A caller's mask covers the full cache length (e.g. key padding).
       cache_mask = jnp.logical_and(cache_mask, mask)
     return cached_key.value, cached_value.value, cache_mask
+
+
+class AttentionMap(nn.Module):
+  """DETR's panoptic attention maps (Carion et al. 2020, §4.4): each query's multi-head
+  attention weights over a feature map, without the values. As in the official code, one
+  softmax runs over heads and positions together, so a query's maps sum to 1 over all heads.
+
+  queries [B, Q, D], keys [B, h, w, D], mask [B, h, w] (True = real position) →
+  weights [B, Q, H, h, w] (float32).
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, keys, mask=None):
+    d = queries.shape[-1]
+    if d % self.num_heads:
+      raise errors.UserError(f'hidden size {d} is not divisible by num_heads={self.num_heads}.')
+    head_dim = d // self.num_heads
+    projections = {name: HeadWeights((d, self.num_heads, head_dim), name=name)()
+                   for name in ('query', 'key')}
+    project = lambda x, name: kernels.einsum('...d,dhk->...hk', x, projections[name][0],
+                                             self.dtype) + projections[name][1]
+    q = project(queries, 'query') / np.sqrt(head_dim)  # [B, Q, H, Dh]
+    k = project(keys, 'key')  # [B, h, w, H, Dh]
+    b, h, w = keys.shape[:3]
+    scores = kernels.einsum('bqhd,byxhd->bqhyx', q, k, self.dtype)
+    flat = (b, scores.shape[1], self.num_heads * h * w)
+    if mask is not None:
+      mask = jnp.broadcast_to(mask[:, None, None], scores.shape).reshape(flat)
+    return masked_softmax(scores.reshape(flat), mask).reshape(scores.shape)

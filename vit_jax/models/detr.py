@@ -96,10 +96,12 @@ class DETR(nn.Module):
     return self.detect(features, mask, train=train, return_attention=return_attention)
 
   def detect(self, features, mask, *, train=False, return_attention=False):
-    """Backbone features [B, h, w, C] and their mask [B, h, w] → (outputs, aux)."""
+    """Backbone features [B, h, w, C] and their mask [B, h, w] → (outputs, aux); aux also
+    holds what the panoptic head reads: 'projected' features [B, h, w, D], the encoder's
+    'memory' [B, h, w, D] and the last decoder layer's 'hidden' [B, Q, D]."""
     b, h, w, _ = features.shape
     d = self.hidden_size
-    x = self.input_proj(features)
+    x = projected = self.input_proj(features)
     if self.posemb == 'sine':
       pos = posemb.sine_2d(mask, d // 2)
     else:
@@ -114,7 +116,8 @@ class DETR(nn.Module):
                               return_attention=return_attention)
     hidden = jnp.stack(dec_aux['layers']).astype(jnp.float32)  # [L, B, Q, D]
     outputs = {'logits': self.class_head(hidden), 'boxes': self.box_head(hidden)}
-    aux = {'feature_mask': mask}
+    aux = {'feature_mask': mask, 'projected': projected, 'memory': memory.reshape(b, h, w, d),
+           'hidden': hidden[-1]}
     if return_attention:
       aux.update(encoder_attention=enc_aux['attention'],
                  decoder_attention=dec_aux['attention'])
