@@ -108,18 +108,36 @@ class Coco:
     boxes = np.array([[x, y, x + w, y + h] for (x, y, w, h), _ in self.targets[info['id']]],
                      np.float32).reshape(-1, 4)
     labels = np.array([label for _, label in self.targets[info['id']]], np.int32)
-    return dict(clip_boxes(image, boxes, labels), image_id=info['id'])
+    return clipped_example(image, boxes, labels, info['id'])
 
   def ground_truth(self):
     return self.coco
 
 
-def clip_boxes(image, boxes, labels):
-  """Boxes clipped to the image; those left with no area dropped (as DETR does)."""
+def clip_boxes(image, boxes):
+  """Boxes clipped to the image; those left with no area dropped (as DETR does) → (boxes,
+  which of the given ones were kept)."""
   h, w = image.shape[:2]
   boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
   keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-  return {'image': image, 'boxes': boxes[keep], 'labels': labels[keep]}
+  return boxes[keep], keep
+
+
+def segment_boxes(segments, segment_ids):
+  """The box (x0, y0, x1, y1) of each segment id's pixels in the id map → (boxes of those
+  present, which ids are present)."""
+  boxes, present = [], []
+  for s in segment_ids:
+    ys, xs = np.nonzero(segments == s)
+    present.append(len(ys) > 0)
+    if len(ys):
+      boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+  return np.array(boxes, np.float32).reshape(-1, 4), np.array(present, bool)
+
+
+def clipped_example(image, boxes, labels, image_id):
+  boxes, keep = clip_boxes(image, boxes)
+  return {'image': image, 'boxes': boxes, 'labels': labels[keep], 'image_id': image_id}
 
 
 class Tfds:
@@ -146,7 +164,7 @@ class Tfds:
 
   def __getitem__(self, i):
     image, boxes, labels, crowd, image_id = self._raw(i)
-    return dict(clip_boxes(image, boxes[~crowd], labels[~crowd]), image_id=image_id)
+    return clipped_example(image, boxes[~crowd], labels[~crowd], image_id)
 
   @functools.cached_property
   def _ground_truth(self):
@@ -322,13 +340,17 @@ def write_panoptic_png(path, ids, classes, image_id):
 
 
 # Preprocessing --------------------------------------------------------------------------------
-def resize_shorter(image, boxes, size, max_size):
-  """Shorter side to `size`, unless the longer side would exceed `max_size` (DETR)."""
+def resize_shorter(image, boxes, size, max_size, segments=None):
+  """Shorter side to `size`, unless the longer side would exceed `max_size` (DETR); a
+  segment id map, if given, follows (nearest) → (image, boxes, segments)."""
   h, w = image.shape[:2]
   scale = min(size / min(h, w), max_size / max(h, w))
   nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
   resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-  return resized, boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+  if segments is not None:
+    segments = np.asarray(Image.fromarray(segments.astype(np.int32)).resize((nw, nh),
+                                                                          Image.NEAREST))
+  return resized, boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32), segments
 
 
 class Preprocess:
@@ -336,7 +358,9 @@ class Preprocess:
   random multi-scale resize, or a random resize + random size crop + multi-scale resize.
   Evaluation resizes the shorter side to `eval_size`. Images are normalised and padded to a
   fixed canvas × canvas with a pixel mask; boxes become (cx, cy, w, h) normalised by the
-  image size, padded to `max_boxes` with a validity mask."""
+  image size, padded to `max_boxes` with a validity mask. Examples with a segment id map
+  ('segments', and 'segment_ids': each box's segment) also get each box's mask, [max_boxes,
+  canvas, canvas] 'masks', transformed with the image."""
 
   def __init__(self, canvas, scales, eval_size, max_boxes, crop_scales=(), crop_min=None,
                flip=True):
@@ -345,32 +369,43 @@ class Preprocess:
     self.flip = flip
 
   def train(self, example, rng):
-    image, boxes, labels = example['image'], example['boxes'], example['labels']
+    image, boxes = example['image'], example['boxes']
+    labels, segments, segment_ids = (example['labels'], example.get('segments'),
+                                     example.get('segment_ids'))
     if self.flip and rng.random() < 0.5:
       w = image.shape[1]
       image, boxes = image[:, ::-1], boxes[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [w, 0, w, 0]
+      segments = None if segments is None else segments[:, ::-1]
     if self.crop_scales and rng.random() < 0.5:
-      image, boxes = resize_shorter(image, boxes, rng.choice(self.crop_scales), self.canvas)
-      image, boxes, labels = self._random_crop(image, boxes, labels, rng)
-    image, boxes = resize_shorter(image, boxes, rng.choice(self.scales), self.canvas)
-    return self._finish(example, image, boxes, labels)
-
-  def _random_crop(self, image, boxes, labels, rng):
-    h, w = image.shape[:2]
-    lo = self.crop_min or min(h, w)
-    ch, cw = rng.integers(min(lo, h), h + 1), rng.integers(min(lo, w), w + 1)
-    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    cropped = clip_boxes(image[y:y + ch, x:x + cw], boxes - [x, y, x, y], labels)
-    return cropped['image'], cropped['boxes'], cropped['labels']
+      image, boxes, segments = resize_shorter(image, boxes, rng.choice(self.crop_scales),
+                                              self.canvas, segments)
+      h, w = image.shape[:2]
+      lo = self.crop_min or min(h, w)
+      ch, cw = rng.integers(min(lo, h), h + 1), rng.integers(min(lo, w), w + 1)
+      y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      image = image[y:y + ch, x:x + cw]
+      if segments is None:
+        boxes, keep = clip_boxes(image, boxes - [x, y, x, y])
+      else:  # A segment's box is its visible part's: a clipped box could be larger, or empty.
+        segments = segments[y:y + ch, x:x + cw]
+        boxes, keep = segment_boxes(segments, segment_ids)
+        segment_ids = segment_ids[keep]
+      labels = labels[keep]
+    image, boxes, segments = resize_shorter(image, boxes, rng.choice(self.scales), self.canvas,
+                                            segments)
+    return self._finish(example, image, boxes, labels, segments, segment_ids)
 
   def eval(self, example):
-    image, boxes = resize_shorter(example['image'], example['boxes'], self.eval_size,
-                                  self.canvas)
-    out = self._finish(example, image, boxes, example['labels'])
+    image, boxes, segments = resize_shorter(example['image'], example['boxes'],
+                                            self.eval_size, self.canvas,
+                                            example.get('segments'))
+    out = self._finish(example, image, boxes, example['labels'], segments,
+                       example.get('segment_ids'))
     out['orig_size'] = np.array(example['image'].shape[:2], np.int32)
+    out['size'] = np.array(image.shape[:2], np.int32)
     return out
 
-  def _finish(self, example, image, boxes, labels):
+  def _finish(self, example, image, boxes, labels, segments=None, segment_ids=None):
     h, w = image.shape[:2]
     if len(boxes) > self.max_boxes:
       raise errors.UserError(f'Image {example["image_id"]} has {len(boxes)} boxes, more than '
@@ -386,6 +421,11 @@ class Preprocess:
     target_boxes[:n] = cxcywh
     target_labels = np.zeros(self.max_boxes, np.int32)
     target_labels[:n] = labels
-    return {'image': padded, 'pixel_mask': pixel_mask, 'boxes': target_boxes,
-            'labels': target_labels, 'valid': np.arange(self.max_boxes) < n,
-            'image_id': np.int32(example['image_id'])}
+    out = {'image': padded, 'pixel_mask': pixel_mask, 'boxes': target_boxes,
+           'labels': target_labels, 'valid': np.arange(self.max_boxes) < n,
+           'image_id': np.int32(example['image_id'])}
+    if segments is not None:
+      masks = np.zeros((self.max_boxes, self.canvas, self.canvas), bool)
+      masks[:n, :h, :w] = segments[None] == np.asarray(segment_ids)[:, None, None]
+      out['masks'] = masks
+    return out
