@@ -19,6 +19,13 @@ data_dir, from torchvision's ImageNet ResNet-50 (README: converting its .pth):
   python main.py --config=configs/detr.py:r50 --config.data.data_dir=/data/coco \
     --config.pretrained.path=resnet50.safetensors
 model.norm_first=True gives pre-LayerNorm blocks (the official code's `normalize_before`).
+
+'panoptic': DETR's panoptic head (§4.4; task 'panoptic') trained jointly with the detector on
+the shapes' COCO panoptic form (every shape a thing, the background one stuff segment), 8
+heads (the mask head's GroupNorm needs hidden_size + num_heads divisible by 8), 6,000 steps:
+  python main.py --config=configs/detr.py:panoptic --workdir=/tmp/panoptic
+'frozen' (with 'panoptic' implied): the paper's second stage, only the mask head trains on a
+detector loaded from --config.pretrained.path (README: Segmentation).
 """
 import ml_collections
 
@@ -26,7 +33,7 @@ from configs import common
 
 
 def get_config(arg=''):
-  args = common.parse_args(arg, ['tiny', 'r50'])
+  args = common.parse_args(arg, ['tiny', 'r50', 'panoptic', 'frozen'])
   c = common.trainer_config()
   c.task = 'detection'
   c.model = ml_collections.ConfigDict(dict(
@@ -52,6 +59,17 @@ def get_config(arg=''):
   c.optim.update(name='adamw', learning_rate=5e-4, schedule='cosine', warmup_steps=200,
                  weight_decay=1e-4, clip_norm=0.1)
 
+  if 'panoptic' in args or 'frozen' in args:  # §4.4: every segment a target, masks too.
+    c.task = 'panoptic'
+    c.model.num_heads = 8  # The mask head's GroupNorm needs hidden_size + num_heads ≡ 0 mod 8.
+    c.loss.update(mask_weight=1.0, dice_weight=1.0)
+    c.data.max_boxes = c.data.shapes_max_objects + 1  # The objects and the background.
+    c.panoptic = ml_collections.ConfigDict(dict(threshold=0.85, min_area=4))
+    c.total_steps = c.eval_every = 6000  # The mask head makes a step 1.6x as long.
+  if 'frozen' in args:  # The paper's second stage: only the mask head trains, on a detector
+    # loaded with --config.pretrained.path (an export with the same classes: README).
+    c.optim.lr_multipliers = '^(?!mask_head/|bbox_attention/)=0'
+    c.pretrained.reset_head = False
   if 'tiny' in args:
     c.model.update(num_queries=4, hidden_size=32, num_heads=2, num_encoder_layers=1,
                    num_decoder_layers=2, mlp_dim=64)
@@ -61,6 +79,8 @@ def get_config(arg=''):
     c.total_steps, c.batch_size, c.eval_batch_size = 4, 8, 8
     c.log_every, c.eval_every, c.checkpoint_every = 2, 4, 4
     c.optim.warmup_steps = 1
+    if c.task == 'panoptic':
+      c.model.num_heads = 8
   if 'r50' in args:  # The paper's DETR-R50 on COCO 2017 (§4): 500 epochs at batch 64.
     c.model.update(num_queries=100, backbone_name='resnet50', dilation=0,
                    backbone_norm='frozen_bn', frozen_stages=1,

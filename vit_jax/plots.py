@@ -200,3 +200,28 @@ def segmentations(panels, classes, png_path, title='Semantic segmentation'):
   fig.legend(handles, classes[:len(handles)], loc='lower center', ncol=min(len(handles), 6),
              fontsize=7)
   return _save(fig, png_path, title)
+
+
+def panoptic(panels, png_path, title='Panoptic segmentation'):
+  """Rows of (image uint8 [H, W, 3], truth ids [H, W], {id: caption}, predicted ids [H, W],
+  {id: caption}): the image, then each segment of the truth and of the prediction in its
+  own colour over the faded image, captioned at its centre (void: the faded image alone)."""
+  palette = np.array(plt.cm.tab10.colors)
+  fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3 * len(panels)), squeeze=False)
+  for row, (image, truth, truth_names, predicted, predicted_names) in zip(axes, panels):
+    row[0].imshow(image)
+    faded = image / 255.0 * 0.4 + 0.6
+    for ax, ids, names, name in ((row[1], truth, truth_names, 'truth'),
+                                 (row[2], predicted, predicted_names, 'predicted')):
+      colour = palette[np.searchsorted(sorted(names), ids) % len(palette)]
+      ax.imshow(np.where(np.isin(ids, list(names))[..., None], 0.6 * colour + 0.4 * faded,
+                         faded))
+      for segment, caption in names.items():
+        ys, xs = np.nonzero(ids == segment)
+        if len(ys):
+          ax.text(xs.mean(), ys.mean(), caption, fontsize=6, ha='center', va='center',
+                  bbox=dict(facecolor='white', alpha=0.7, pad=1, linewidth=0))
+      ax.set_title(name, fontsize=8)
+    for ax in row:
+      ax.axis('off')
+  return _save(fig, png_path, title)

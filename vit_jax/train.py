@@ -229,7 +229,7 @@ class Trainer:
       if batch_outputs:
         out = sharding.to_host(batch_outputs)
         keep = out.pop(pipeline.WEIGHT) > 0
-        outputs.append({k: v[keep] for k, v in out.items()})
+        outputs.append(self.task.host_outputs({k: v[keep] for k, v in out.items()}))
     outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
     metrics = metrics_lib.average(jax.device_get(totals))
     metrics.update(self.task.eval_metrics(outputs, source))

@@ -9,6 +9,7 @@ TASKS = {
     'cnn_classification': 'vit_jax.tasks.cnn_classification:CnnClassificationTask',
     'deformable_detection': 'vit_jax.tasks.deformable_detection:DeformableDetectionTask',
     'detection': 'vit_jax.tasks.detection:DetectionTask',
+    'panoptic': 'vit_jax.tasks.panoptic:PanopticTask',
     'rnn_seq2seq': 'vit_jax.tasks.rnn_seq2seq:RnnSeq2SeqTask',
     'segmentation': 'vit_jax.tasks.segmentation:SegmentationTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',

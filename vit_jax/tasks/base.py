@@ -133,9 +133,16 @@ class Task(abc.ABC):
     """
 
   # Hooks with defaults --------------------------------------------------------------------
+  def host_outputs(self, outputs: Dict[str, Any]) -> Dict[str, Any]:
+    """One eval batch's outputs on the host (numpy [B, ...], real examples only), before
+    they are kept for `eval_metrics`: a task with large per-example outputs shrinks them
+    here (e.g. crops padded maps, then an object array of per-example arrays)."""
+    return outputs
+
   def eval_metrics(self, outputs: Dict[str, Any], source) -> Dict[str, float]:
     """Host-side metrics over the whole split (BLEU, COCO AP). outputs: `eval_step`'s
-    outputs concatenated over the split, numpy [N, ...], real examples only, in order."""
+    outputs (through `host_outputs`) concatenated over the split, numpy [N, ...], real
+    examples only, in order."""
     del outputs, source
     return {}
 

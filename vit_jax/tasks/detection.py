@@ -35,7 +35,8 @@ def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1
   """The set loss's parts (§3.1, A.2) per decoder layer and image, after Hungarian matching.
 
   outputs: 'logits' [L, B, Q, C+1], 'boxes' [L, B, Q, 4]; targets: 'labels' [B, T],
-  'boxes' [B, T, 4] (cx, cy, w, h), 'valid' [B, T]. → [L, B] sums 'ce' (Σ_q w_q · NLL, with
+  'boxes' [B, T, 4] (cx, cy, w, h), 'valid' [B, T]. → [B, T] 'assign' (the last layer's
+  query of each target, −1 for padding); [L, B] sums 'ce' (Σ_q w_q · NLL, with
   w_q = eos_coef for no-object, else 1), 'ce_weight' (Σ_q w_q), 'l1' and 'giou' (Σ over
   matched boxes of the L1 distance and of 1 − GIoU); [B] 'boxes' (targets), 'correct'
   (matched queries of the last layer with the right class), 'cardinality' (|predicted
@@ -73,7 +74,7 @@ def matched_terms(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1
   giou = box_ops.generalized_iou(box_ops.cxcywh_to_xyxy(matched_pred),
                                  box_ops.cxcywh_to_xyxy(target_boxes))
   matched_logits = jnp.take_along_axis(logits[-1], jnp.maximum(assign[-1], 0)[..., None], 1)
-  return {'ce': ce, 'ce_weight': ce_weight,
+  return {'assign': assign[-1], 'ce': ce, 'ce_weight': ce_weight,
           'l1': (l1 * valid).sum(-1), 'giou': ((1 - giou) * valid).sum(-1),
           'boxes': valid.sum(-1), 'correct': ((matched_logits.argmax(-1) == targets['labels'])
                                               * valid).sum(-1),
@@ -92,6 +93,12 @@ def set_criterion(outputs, targets, *, num_classes, eos_coef=0.1, class_weight=1
   t = matched_terms(outputs, targets, num_classes=num_classes, eos_coef=eos_coef,
                     class_weight=class_weight, l1_weight=l1_weight, giou_weight=giou_weight,
                     matcher=matcher, focal=focal)
+  return set_loss(t, class_weight=class_weight, l1_weight=l1_weight, giou_weight=giou_weight,
+                  focal=focal)
+
+
+def set_loss(t, *, class_weight=1.0, l1_weight=5.0, giou_weight=2.0, focal=None):
+  """matched_terms of a batch → (loss summed over its layers, metrics of the last layer)."""
   num_boxes = jnp.maximum(t['boxes'].sum(), 1)
   if focal is None:
     loss_ce = t['ce'].sum(1) / t['ce_weight'].sum(1)  # [L]
