@@ -133,19 +133,24 @@ def padded_targets():
   return targets, labels
 
 
-def test_parity_with_hugging_face_detr_outputs_and_loss():
+def both_forward(hf, model, params, image, mask, labels):
+  """Hugging Face's outputs (with its loss) and ours on the same images, after checking that
+  the ported parameters have our tree's structure and shapes."""
   import torch
-  hf = hf_detr()
-  image, mask = images()
-  targets, labels = padded_targets()
   with torch.no_grad():
     out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
              pixel_mask=torch.tensor(mask).long(), labels=labels)
-  model = ours()
-  params = port_hf_detr(hf)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), image, mask)['params'])
   assert jax.tree.structure(params) == jax.tree.structure(expected)
-  outputs, _ = model.apply({'params': params}, image, mask)
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), params, expected)
+  return out, model.apply({'params': params}, image, mask)[0]
+
+
+def test_parity_with_hugging_face_detr_outputs_and_loss():
+  hf = hf_detr()
+  image, mask = images()
+  targets, labels = padded_targets()
+  out, outputs = both_forward(hf, ours(), port_hf_detr(hf), image, mask, labels)
   np.testing.assert_allclose(outputs['logits'][-1], out.logits.numpy(), atol=1e-4)
   np.testing.assert_allclose(outputs['boxes'][-1], out.pred_boxes.numpy(), atol=1e-4)
   for matcher in ('scipy', 'device'):

@@ -76,15 +76,8 @@ def test_parity_with_hugging_face_detr_for_segmentation():
   targets['masks'] = target_masks()
   for i, label in enumerate(labels):
     label['masks'] = torch.tensor(targets['masks'][i][targets['valid'][i]]).float()
-  with torch.no_grad():
-    out = hf(pixel_values=torch.tensor(image.transpose(0, 3, 1, 2)),
-             pixel_mask=torch.tensor(mask).long(), labels=labels)
-  model = ours()
-  params = port_hf_detr_panoptic(hf)
-  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), image, mask)['params'])
-  assert jax.tree.structure(params) == jax.tree.structure(expected)
-  jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), params, expected)
-  outputs, _ = model.apply({'params': params}, image, mask)
+  out, outputs = test_detr.both_forward(hf, ours(), port_hf_detr_panoptic(hf), image, mask,
+                                        labels)
   assert outputs['masks'].shape == (2, 5, 16, 16)
   assert np.abs(out.pred_masks.numpy()).std() > 0.1
   np.testing.assert_allclose(outputs['masks'], out.pred_masks.numpy(), atol=1e-4)
