@@ -92,10 +92,12 @@ def make_train_step(task, tx, accum_steps, is_frozen=None):
     # and after max_consecutive_errors it applies them anyway.)
     finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm) &
               jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)])))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    # One conditional, not a select per array: with a select, XLA fuses the whole update into
+    # every output and compiles the step 2.5x as long (23 vs 9 s for the tiny DETR).
+    params, opt_state = jax.lax.cond(finite, lambda: (new_params, opt_state),
+                                     lambda: (params, state['opt_state']))
     stats = {'grad_norm': grad_norm, 'nonfinite': 1 - finite.astype(jnp.int32)}
-    return {'step': state['step'] + 1, 'params': keep(new_params, params),
-            'opt_state': keep(opt_state, state['opt_state'])}, metrics, stats
+    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics, stats
 
   return step
 
