@@ -66,10 +66,6 @@ def get_config(arg=''):
     c.data.max_boxes = c.data.shapes_max_objects + 1  # The objects and the background.
     c.panoptic = ml_collections.ConfigDict(dict(threshold=0.85, min_area=4))
     c.total_steps = c.eval_every = 6000  # The mask head makes a step 1.6x as long.
-  if 'frozen' in args:  # The paper's second stage: only the mask head trains, on a detector
-    # loaded with --config.pretrained.path (an export with the same classes: README).
-    c.optim.lr_multipliers = '^(?!mask_head/|bbox_attention/)=0'
-    c.pretrained.reset_head = False
   if 'tiny' in args:
     c.model.update(num_queries=4, hidden_size=32, num_heads=2, num_encoder_layers=1,
                    num_decoder_layers=2, mlp_dim=64)
@@ -94,4 +90,10 @@ def get_config(arg=''):
     c.optim.update(learning_rate=1e-4, schedule='step', drop_steps=(400 * 1849,),
                    warmup_steps=0, lr_multipliers='backbone/(stem_|stage1_)=0,backbone/=0.1')
     c.total_steps, c.batch_size = 500 * 1849, 64  # x0.1 after 400 of the 500 epochs.
+  if 'frozen' in args:  # The paper's second stage: only the mask head trains, on a detector
+    # loaded with --config.pretrained.path (an export with the same classes: README).
+    c.optim.lr_multipliers = '^(?!mask_head/|bbox_attention/)=0'
+    c.pretrained.reset_head = False
+    if 'r50' in args:  # The official panoptic recipe: 25 epochs, x0.1 after 15.
+      c.total_steps, c.optim.drop_steps = 25 * 1849, (15 * 1849,)
   return c

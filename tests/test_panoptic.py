@@ -133,3 +133,11 @@ def test_frozen_config_trains_only_the_mask_head_of_a_loaded_detector(tmp_path):
   loaded = task.load_pretrained(params, str(tmp_path / 'detr.npz'))
   helpers.assert_trees_close({k: loaded[k] for k in detector}, detector, atol=0)
   helpers.assert_trees_close(loaded['mask_head'], params['mask_head'], atol=0)
+
+
+def test_frozen_overrides_the_r50_schedule_and_multipliers():
+  """':r50,frozen' is the paper's second stage on COCO: the mask head only, 25 epochs."""
+  config = config_lib.get_config('r50,frozen')
+  assert config.task == 'panoptic' and not config.pretrained.reset_head
+  assert config.optim.lr_multipliers == '^(?!mask_head/|bbox_attention/)=0'
+  assert config.total_steps == 25 * 1849 and config.data.max_boxes == 100
