@@ -89,11 +89,16 @@ class DETR(nn.Module):
     """image [B, H, W, 3], pixel_mask [B, H, W] (True = real pixel) →
     ({'logits': [L, B, Q, C+1], 'boxes': [L, B, Q, 4]} for every decoder layer (the last is the
     prediction), aux with the feature-map mask and, when asked for, the attention weights)."""
+    stages, mask = self.backbone_stages(image, pixel_mask)
+    return self.detect(stages['stage4'], mask, train=train, return_attention=return_attention)
+
+  def backbone_stages(self, image, pixel_mask=None):
+    """→ (the backbone's stages {'stage1'..'stage4': [B, h_i, w_i, C_i]}, the last stage's
+    mask [B, h, w]); no pixel_mask: every pixel real."""
     if pixel_mask is None:
       pixel_mask = jnp.ones(image.shape[:3], bool)
-    features = self.backbone(image)['stage4']
-    mask = downsample_mask(pixel_mask, *features.shape[1:3])
-    return self.detect(features, mask, train=train, return_attention=return_attention)
+    stages = self.backbone(image)
+    return stages, downsample_mask(pixel_mask, *stages['stage4'].shape[1:3])
 
   def detect(self, features, mask, *, train=False, return_attention=False):
     """Backbone features [B, h, w, C] and their mask [B, h, w] → (outputs, aux); aux also

@@ -94,10 +94,7 @@ class PanopticDETR(detr.DETR):
     """As DETR's; `masks=False` leaves the masks out and returns in aux what `masks()` needs
     to draw them for chosen queries (training draws only the matched ones: the loss sees no
     other)."""
-    if pixel_mask is None:
-      pixel_mask = jnp.ones(image.shape[:3], bool)
-    stages = self.backbone(image)
-    mask = detr.downsample_mask(pixel_mask, *stages['stage4'].shape[1:3])
+    stages, mask = self.backbone_stages(image, pixel_mask)
     outputs, aux = self.detect(stages['stage4'], mask, train=train,
                                return_attention=return_attention)
     aux['skips'] = [stages['stage3'], stages['stage2'], stages['stage1']]

@@ -289,13 +289,17 @@ class DetectionTask(base.Task):
                                              os.path.join(workdir, 'encoder_attention.png')))
     return paths
 
-  def detection_panels(self, params, num_images, threshold, top_k):
-    """The first eval images with their kept predictions: (examples, panels (image, boxes in
-    pixels, captions), kept prediction indices per image, the model's aux)."""
+  def first_eval_examples(self, num_images):
+    """(The first `num_images` eval examples, their evaluation preprocessing stacked)."""
     _, source, preprocess = self.datasets()
     examples = [source[i] for i in range(min(num_images, len(source)))]
     batch = [preprocess.eval(e) for e in examples]
-    batch = {k: np.stack([b[k] for b in batch]) for k in ('image', 'pixel_mask')}
+    return examples, {k: np.stack([b[k] for b in batch]) for k in batch[0]}
+
+  def detection_panels(self, params, num_images, threshold, top_k):
+    """The first eval images with their kept predictions: (examples, panels (image, boxes in
+    pixels, captions), kept prediction indices per image, the model's aux)."""
+    examples, batch = self.first_eval_examples(num_images)
     scores, labels, boxes, aux = jax.device_get(self.predict(params, batch))
     names = self.sources[0].categories
     panels, kept = [], []

@@ -221,10 +221,7 @@ class PanopticTask(detection.DetectionTask):
     their ground truth and the predicted segments, one colour per segment."""
     from vit_jax import plots
     paths = super().write_plots(params, workdir, num_images, threshold, top_k)
-    _, source, preprocess = self.datasets()
-    examples = [source[i] for i in range(min(num_images, len(source)))]
-    batch = [preprocess.eval(e) for e in examples]
-    batch = {k: np.stack([b[k] for b in batch]) for k in ('image', 'pixel_mask', 'size')}
+    examples, batch = self.first_eval_examples(num_images)
 
     @jax.jit
     def predict(params, image, pixel_mask):
@@ -232,7 +229,7 @@ class PanopticTask(detection.DetectionTask):
       return self.panoptic_map(outputs, image.shape[1:3])
 
     ids, labels, scores = jax.device_get(predict(params, batch['image'], batch['pixel_mask']))
-    names = source.categories
+    names = self.sources[0].categories
     panels = []
     for e, m, lab, sc, size in zip(examples, ids, labels, scores, batch['size']):
       pred = at_size(m + 1, size, e['image'].shape[:2])
