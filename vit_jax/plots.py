@@ -225,3 +225,19 @@ def panoptic(panels, png_path, title='Panoptic segmentation'):
     for ax in row:
       ax.axis('off')
   return _save(fig, png_path, title)
+
+
+def restorations(rows, png_path, title='Restoration (held-out crops)'):
+  """rows: per task, per example, a list of (caption, image uint8 [H, W, 3]) shown side by
+  side; images of different sizes are drawn at the same size (nearest for small inputs)."""
+  columns = max(len(example) for row in rows for example in row) * max(len(r) for r in rows)
+  fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.9 * len(rows)),
+                           squeeze=False)
+  for ax_row, row in zip(axes, rows):
+    panels = [panel for example in row for panel in example]
+    for ax in ax_row:
+      ax.axis('off')
+    for ax, (caption, image) in zip(ax_row, panels):
+      ax.imshow(image, interpolation='nearest')
+      ax.set_title(caption, fontsize=7)
+  return _save(fig, png_path, title)

@@ -11,6 +11,7 @@ TASKS = {
     'detection': 'vit_jax.tasks.detection:DetectionTask',
     'panoptic': 'vit_jax.tasks.panoptic:PanopticTask',
     'rnn_seq2seq': 'vit_jax.tasks.rnn_seq2seq:RnnSeq2SeqTask',
+    'restoration': 'vit_jax.tasks.restoration:RestorationTask',
     'segmentation': 'vit_jax.tasks.segmentation:SegmentationTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',
 }

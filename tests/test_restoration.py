@@ -1,0 +1,144 @@
+"""Image restoration (IPT): degradations, sources, the contrastive loss, metrics, training."""
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import ipt as ipt_config
+from tests import helpers
+from vit_jax import errors
+from vit_jax import pretrained
+from vit_jax import tasks
+from vit_jax import train
+from vit_jax.data import restoration as data
+from vit_jax.tasks import restoration
+
+
+def tiny(**overrides):
+  config = ipt_config.get_config('tiny')
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def test_degradations():
+  rng = np.random.default_rng(0)
+  clean = rng.integers(0, 256, (96, 96, 3)).astype(np.uint8)
+  noisy, target = data.degrade('noise25', clean, 48, rng)
+  assert noisy.shape == target.shape == (48, 48, 3) and noisy.dtype == np.float32
+  np.testing.assert_array_equal(target, clean[:48, :48])
+  assert abs((noisy - target).std() - 25) < 1  # Added, not clipped.
+  small, target = data.degrade('sr2', clean, 48, rng)
+  np.testing.assert_array_equal(target, clean)
+  np.testing.assert_array_equal(small, np.asarray(Image.fromarray(clean).resize((48, 48),
+                                                                               Image.BICUBIC)))
+  rainy, target = data.degrade('rain', clean // 2, 48, rng)
+  assert (rainy >= target).all() and (rainy > target).mean() > 0.02  # Streaks only brighten.
+
+
+def test_task_names_and_sizes_are_checked():
+  assert [data.task_scale(t) for t in ('noise50', 'sr3', 'rain')] == [1, 3, 1]
+  with pytest.raises(errors.UserError, match=re.escape(
+      "Unknown restoration task 'blur'; expected 'noise<σ>' (e.g. 'noise25'), 'sr<scale>' "
+      "(e.g. 'sr2') or 'rain'.")):
+    data.task_scale('blur')
+  preprocess = data.Preprocess(['noise25', 'sr2'], 12)
+  with pytest.raises(errors.UserError, match=re.escape(
+      'the image is 30x20, smaller than the 24x24 crop the tasks need (data.canvas x the '
+      'largest scale).')):
+    preprocess.eval({'image': np.zeros((20, 30, 3), np.uint8)})
+
+
+def test_evaluation_crops_are_a_fixed_grid_with_fixed_degradations(tmp_path):
+  for i, size in enumerate([(50, 30), (24, 24)]):
+    Image.fromarray(np.full(size[::-1] + (3,), 40 * i, np.uint8)).save(tmp_path / f'{i}.png')
+  crops = data.Crops(data.Folder(tmp_path), 12)
+  assert [crops.describe(k) for k in (0, 7, 8)] == [
+      f'{tmp_path}/0.png crop at (0, 0)', f'{tmp_path}/0.png crop at (36, 12)',
+      f'{tmp_path}/1.png crop at (0, 0)']
+  assert len(crops) == 8 + 4 and len(data.Crops(data.Folder(tmp_path), 12, per_image=2)) == 4
+  preprocess = data.Preprocess(['noise25', 'rain'], 12)
+  first, again = preprocess.eval(crops[3]), preprocess.eval(crops[3])
+  jax.tree.map(np.testing.assert_array_equal, first, again)
+  assert not np.array_equal(first['input_noise25'], preprocess.eval(crops[4])['input_noise25'])
+  with pytest.raises(errors.UserError, match=re.escape(
+      f'{tmp_path}/0.png is 50x30, smaller than the 36x36 crops evaluation needs '
+      '(data.canvas x the largest scale).')):
+    data.Crops(data.Folder(tmp_path), 36)
+
+
+def test_patch_contrastive_loss_equals_the_paper_equation():
+  tokens = np.random.default_rng(0).normal(size=(3, 4, 5))
+  f = tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)
+  tau, terms = 0.5, []
+  for b in range(3):
+    for i in range(4):
+      negatives = sum(np.exp(f[b, i] @ f[c, k] / tau)
+                      for c in range(3) if c != b for k in range(4))
+      terms += [-np.log(np.exp(f[b, i] @ f[b, j] / tau) / negatives)
+                for j in range(4) if j != i]
+  np.testing.assert_allclose(restoration.patch_contrastive_loss(jnp.asarray(tokens), tau),
+                             np.mean(terms), rtol=1e-5)
+  assert restoration.patch_contrastive_loss(jnp.asarray(tokens[:1]), tau) == 0
+
+
+def test_image_scores_on_known_cases():
+  clean = np.full((16, 16, 3), 100, np.uint8)
+  scores = restoration.image_scores(clean, clean + 5)
+  np.testing.assert_allclose(scores['psnr'], 10 * np.log10(255 ** 2 / 25))
+  assert restoration.image_scores(clean, clean)['ssim'] == 1.0
+  np.testing.assert_array_equal(restoration.to_uint8(jnp.array([-0.1, 0.5, 0.999, 2.0])),
+                                [0, 128, 255, 255])
+
+
+def test_ipt_fits_a_batch_of_every_task():
+  task = tasks.get_task('restoration')(tiny(), None)
+  history, grads = helpers.fit_one_batch(task, steps=60, learning_rate=3e-3, size=6)
+  assert history[-1][0] < 0.5 * history[0][0]
+  assert set(history[0][1]) == {'l1_noise25', 'l1_sr2', 'l1_rain'}
+  for t in task.tasks:  # Every task learns in every step (the tails' last convolutions
+    # start at zero, so the first gradient reaches them only).
+    assert float(jnp.abs(grads[f'tail_{t}']['conv']['kernel']).sum()) > 0
+
+
+def test_contrastive_option_adds_its_terms():
+  task = tasks.get_task('restoration')(tiny(**{'loss.contrastive_weight': 0.1}), None)
+  history, _ = helpers.fit_one_batch(task, steps=1, learning_rate=1e-3, size=6)
+  loss, terms = history[0]
+  contrastive = [terms[f'contrastive_{t}'] for t in task.tasks]
+  l1 = [terms[f'l1_{t}'] for t in task.tasks]
+  np.testing.assert_allclose(loss, np.mean(l1) + 0.1 * np.mean(contrastive), rtol=1e-5)
+
+
+def test_trainer_reports_baselines_draws_pictures_and_fine_tunes_on_new_tasks(tmp_path):
+  config = tiny()
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  final = train.last_eval(os.path.join(tmp_path, 'run', 'metrics.jsonl'))
+  for t in ('noise25', 'sr2', 'rain'):
+    assert {f'psnr_{t}', f'ssim_{t}', f'psnr_gain_{t}', f'l1_{t}'} <= set(final)
+  best = max(final['psnr_noise25_gaussian'], final['psnr_noise25_nl_means'])
+  np.testing.assert_allclose(final['psnr_gain_noise25'], final['psnr_noise25'] - best)
+  assert os.path.exists(tmp_path / 'run' / 'restoration.png')
+  export = str(tmp_path / 'ipt.npz')
+  train.export(config, str(tmp_path / 'run'), export)
+
+  # Fine-tuning on one of its tasks and a new one: the body and sr2 load, sr3 starts fresh.
+  config = tiny(**{'model.tasks': ('sr2', 'sr3'), 'pretrained.path': export})
+  task = tasks.get_task('restoration')(config, None)
+  fresh = task.init(jax.random.key(1), task.dummy_batch(2))
+  loaded = task.load_pretrained(fresh, export)
+  saved = pretrained.load_npz(export)
+  np.testing.assert_array_equal(loaded['body']['embedding']['kernel'],
+                                saved['body/embedding/kernel'])
+  np.testing.assert_array_equal(loaded['query_sr2'], saved['query_sr2'])
+  np.testing.assert_array_equal(loaded['query_sr3'], fresh['query_sr3'])
+  assert 'head_noise25' not in loaded
+
+  # A body of another shape does not fit, and the error names the parameters.
+  config = tiny(**{'model.features': 4, 'model.tasks': ('sr2',)})
+  task = tasks.get_task('restoration')(config, None)
+  with pytest.raises(errors.UserError, match=r"does not fit IPT for tasks \['sr2'\]"):
+    task.load_pretrained(task.init(jax.random.key(1), task.dummy_batch(2)), export)

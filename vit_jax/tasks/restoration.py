@@ -1,0 +1,243 @@
+"""Image restoration with IPT: every task trained in every step on its share of the batch,
+L1 loss plus the optional patch-level contrastive loss, PSNR and SSIM per task against
+classic baselines measured on the same held-out inputs."""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import errors
+from vit_jax import losses
+from vit_jax import pretrained
+from vit_jax.data import pipeline
+from vit_jax.data import restoration as data
+from vit_jax.models import ipt
+from vit_jax.tasks import base
+
+
+def to_uint8(images):
+  """Model outputs in [0, 1] → the image a user gets: ×255, clipped, rounded."""
+  return jnp.round(jnp.clip(images * 255, 0, 255)).astype(jnp.uint8)
+
+
+def patch_contrastive_loss(tokens, temperature):
+  """IPT's Eq. 4: patches of one image are positives, patches of the other images negatives.
+
+  tokens [B, L, D] (the body's output patch features) → the mean over anchors i and
+  positives j ≠ i of the same image of −log(exp(cos(f_i, f_j)/τ) / Σ_k exp(cos(f_i, f_k)/τ)),
+  k over the patches of the other images (the paper's denominator). 0 for a batch of one.
+  """
+  b, l, d = tokens.shape
+  f = tokens.reshape(b * l, d).astype(jnp.float32)
+  f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+  similarity = f @ f.T / temperature  # [N, N]
+  image = jnp.repeat(jnp.arange(b), l)
+  same = image[:, None] == image[None, :]
+  negatives = jax.nn.logsumexp(jnp.where(same, -jnp.inf, similarity), axis=1, keepdims=True)
+  positive = same & ~jnp.eye(b * l, dtype=bool)
+  per_pair = jnp.where(positive, negatives - similarity, 0.0)
+  return jnp.where(b > 1, per_pair.sum() / jnp.maximum(positive.sum(), 1), 0.0)
+
+
+def gaussian(noisy, _):
+  """A Gaussian blur of standard deviation 1 pixel."""
+  from scipy import ndimage
+  return ndimage.gaussian_filter(noisy, (1.0, 1.0, 0))
+
+
+def nl_means(noisy, sigma):
+  """scikit-image's non-local means with its documented setting for a known σ (h = 0.8 σ)."""
+  from skimage import restoration
+  s = sigma / 255
+  return 255 * restoration.denoise_nl_means(noisy / 255, h=0.8 * s, sigma=s, fast_mode=True,
+                                             patch_size=5, patch_distance=6, channel_axis=-1)
+
+
+def median(noisy, _):
+  """A 3x3 median filter per channel."""
+  from scipy import ndimage
+  return ndimage.median_filter(noisy, (3, 3, 1))
+
+
+def baselines(task):
+  """The classic methods a task's result is compared with: name → fn(input on 0..255 [H, W, 3],
+  task parameter) → output at the target's size."""
+  if task.startswith('noise'):
+    return {'gaussian': gaussian, 'nl_means': nl_means}
+  if task.startswith('sr'):
+    return {'bicubic': lambda x, scale: data.resize(np.round(x).astype(np.uint8),
+                                                   x.shape[0] * scale)}
+  return {'input': lambda x, _: x, 'median': median}
+
+
+def task_parameter(task):
+  return float(task[5:]) if task.startswith('noise') else data.task_scale(task)
+
+
+def run_baseline(method, x, task):
+  """A baseline's output as a saved image: rounded, clipped uint8."""
+  return np.round(np.clip(method(x, task_parameter(task)), 0, 255)).astype(np.uint8)
+
+
+def image_scores(target, restored):
+  """PSNR (dB) and SSIM of one uint8 image against its clean original (scikit-image's, on
+  0..255, SSIM over the colour channels)."""
+  from skimage import metrics
+  return {'psnr': metrics.peak_signal_noise_ratio(target, restored, data_range=255),
+          'ssim': metrics.structural_similarity(target, restored, channel_axis=-1,
+                                                data_range=255)}
+
+
+class RestorationTask(base.Task):
+
+  @property
+  def tasks(self):
+    tasks = list(self.config.model.tasks)
+    if not tasks:
+      raise errors.UserError('model.tasks is empty; name at least one restoration task.')
+    for task in tasks:
+      data.task_scale(task)  # Names an unknown task.
+    return tasks
+
+  @functools.cached_property
+  def preprocess(self):
+    return data.Preprocess(self.tasks, self.config.data.canvas, self.config.data.augment)
+
+  @functools.cached_property
+  def sources(self):
+    c = self.config.data
+    evaluation = data.Crops(data.make_source(c, c.eval_split), self.preprocess.crop,
+                            c.eval_crops)
+    return data.make_source(c, c.train_split), evaluation
+
+  def build_model(self):
+    m = dict(self.config.model)
+    m.pop('tasks')
+    return ipt.IPT(tasks=tuple(self.tasks), scales=tuple(map(data.task_scale, self.tasks)),
+                   image_size=self.config.data.canvas, **m,
+                   compute=base.compute_options(self.config))
+
+  def datasets(self):
+    return base.Datasets(*self.sources, self.preprocess)
+
+  def dummy_batch(self, batch_size):
+    c, batch = self.config.data.canvas, {}
+    for task in self.tasks:
+      s = c * data.task_scale(task)
+      batch[f'input_{task}'] = np.zeros((batch_size, c, c, 3), np.float32)
+      batch[f'target_{task}'] = np.zeros((batch_size, s, s, 3), np.uint8)
+    return batch
+
+  def init(self, rng, batch):
+    inputs = [batch[f'input_{t}'] / 255 for t in self.tasks]
+    return self.model.init({'params': rng}, inputs, method=ipt.IPT.all_tasks)['params']
+
+  def restore(self, params, inputs, task, train=False, rng=None):
+    """Inputs on 0..255 → (restored in [0, 1], aux) for task index `task`."""
+    rngs = {'dropout': rng} if train else {}
+    return self.model.apply({'params': params}, inputs / 255, task, train=train, rngs=rngs)
+
+  def loss_fn(self, params, batch, rng, frozen=None):
+    """Every task on its share of the batch's rows (task k: rows k::T): the mean over tasks
+    of the L1 loss between the restored and the clean image in [0, 1], plus
+    loss.contrastive_weight x each task's patch contrastive loss.
+
+    IPT §3.2 draws one task per batch, which has the same expected gradient; a step that
+    picks its task at run time (lax.switch) ran 7x slower than one task's step on CPU (XLA
+    runs the branches without its fast convolutions), so every step trains every task."""
+    del frozen  # No teacher.
+    c, terms, loss = self.config.loss, {}, 0.0
+    for t, task in enumerate(self.tasks):
+      rows = slice(t, None, len(self.tasks))
+      restored, aux = self.restore(params, batch[f'input_{task}'][rows], t, True,
+                                   jax.random.fold_in(rng, t))
+      target = batch[f'target_{task}'][rows] / 255
+      terms[f'l1_{task}'] = jnp.abs(restored.astype(jnp.float32) - target).mean()
+      loss = loss + terms[f'l1_{task}']
+      if c.contrastive_weight:
+        terms[f'contrastive_{task}'] = patch_contrastive_loss(aux['tokens'], c.temperature)
+        loss = loss + c.contrastive_weight * terms[f'contrastive_{task}']
+    return loss / len(self.tasks), terms
+
+  def eval_step(self, params, batch):
+    """Per task: the L1 loss; the restored images (rounded, clipped) for PSNR and SSIM."""
+    weight = batch[pipeline.WEIGHT]
+    pairs, outputs = {}, {}
+    for t, task in enumerate(self.tasks):
+      restored, _ = self.restore(params, batch[f'input_{task}'], t)
+      target = batch[f'target_{task}']
+      l1 = jnp.abs(restored.astype(jnp.float32) - target / 255).mean((1, 2, 3))
+      outputs[f'restored_{task}'] = to_uint8(restored)
+      pairs[f'l1_{task}'] = losses.weighted_mean(l1, weight)
+    return pairs, outputs
+
+  @functools.lru_cache(maxsize=2)
+  def baseline_scores(self, source):
+    """{'psnr_<task>_<method>', 'ssim_<task>_<method>'}: the classic methods on the same
+    held-out inputs (computed once per source: the inputs are fixed)."""
+    sums = {}
+    for i in range(len(source)):
+      example = self.preprocess.eval(source[i])
+      for task in self.tasks:
+        x, target = example[f'input_{task}'], example[f'target_{task}']
+        for name, method in baselines(task).items():
+          for metric, value in image_scores(target, run_baseline(method, x, task)).items():
+            sums.setdefault(f'{metric}_{task}_{name}', []).append(value)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+  def eval_metrics(self, outputs, source):
+    """Per task, the mean over held-out crops of PSNR (dB) and SSIM of IPT's images and of
+    the classic baselines', and psnr_gain_<task>: IPT's PSNR minus the best baseline's."""
+    scores = {}
+    for i in range(len(source)):
+      example = self.preprocess.eval(source[i])
+      for task in self.tasks:
+        for name, value in image_scores(example[f'target_{task}'],
+                                        outputs[f'restored_{task}'][i]).items():
+          scores.setdefault(f'{name}_{task}', []).append(value)
+    scores = {k: float(np.mean(v)) for k, v in scores.items()}
+    scores.update(self.baseline_scores(source))
+    for task in self.tasks:
+      best = max(scores[f'psnr_{task}_{name}'] for name in baselines(task))
+      scores[f'psnr_gain_{task}'] = scores[f'psnr_{task}'] - best
+    return scores
+
+  def load_pretrained(self, params, path):
+    """An IPT exported by --mode=export: the body must fit; a task of the checkpoint that
+    this config does not name is left out, and a task it names that the checkpoint lacks
+    starts fresh (IPT §3.2: a pre-trained body fine-tuned on one task, or a new one)."""
+    restored = pretrained.load_npz(path)
+    per_task = lambda key: key.split('/')[0].split('_', 1)
+    trained = {per_task(k)[1] for k in restored if per_task(k)[0] in ('head', 'tail', 'query')}
+    restored = {k: v for k, v in restored.items()
+                if per_task(k)[0] not in ('head', 'tail', 'query') or per_task(k)[1] in self.tasks}
+    fresh = tuple(f'{kind}_{t}' for t in self.tasks if t not in trained
+                  for kind in ('head', 'tail', 'query'))
+    return pretrained.fit(params, restored, fresh=fresh, source=f'Checkpoint {path!r}',
+                          what=f'IPT for tasks {self.tasks}')
+
+  def write_plots(self, params, workdir, num_images=3):
+    """restoration.png: per task, a few held-out crops: the degraded input, the best classic
+    baseline, IPT's output and the clean image, each with its PSNR."""
+    from vit_jax import plots
+    source = self.sources[1]
+    picks = np.linspace(0, len(source) - 1, num_images).round().astype(int)
+    examples = [self.preprocess.eval(source[i]) for i in picks]
+    rows = []
+    for t, task in enumerate(self.tasks):
+      inputs = np.stack([e[f'input_{task}'] for e in examples])
+      restored = np.asarray(to_uint8(jax.jit(self.restore, static_argnums=2)(params, inputs,
+                                                                           t)[0]))
+      row = []
+      for e, out in zip(examples, restored):
+        x, target = e[f'input_{task}'], e[f'target_{task}']
+        candidates = {name: run_baseline(fn, x, task) for name, fn in baselines(task).items()}
+        score = lambda im, target=target: image_scores(target, im)['psnr']
+        best = max(candidates, key=lambda n: score(candidates[n]))
+        row.append([(f'{task} input', np.round(np.clip(x, 0, 255)).astype(np.uint8)),
+                    (f'{best} {score(candidates[best]):.2f} dB', candidates[best]),
+                    (f'IPT {score(out):.2f} dB', out), ('clean', target)])
+      rows.append(row)
+    return [plots.restorations(rows, os.path.join(workdir, 'restoration.png'))]
