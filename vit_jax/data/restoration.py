@@ -29,6 +29,7 @@ from PIL import Image
 from vit_jax import errors
 from vit_jax.data import classification
 from vit_jax.data import detection
+from vit_jax.data import pipeline
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 SKIMAGE_TEST = ('astronaut', 'camera', 'coffee', 'coins')
@@ -147,8 +148,9 @@ class Crops:
     for i in range(len(source)):
       h, w = source[i]['image'].shape[:2]
       if min(h, w) < size:
-        raise errors.UserError(f'{describe(source, i)} is {w}x{h}, smaller than the {size}x{size} '
-                               'crops evaluation needs (data.canvas x the largest scale).')
+        raise errors.UserError(f'{pipeline.describe(source, i)} is {w}x{h}, smaller than the '
+                               f'{size}x{size} crops evaluation needs (data.canvas x the '
+                               'largest scale).')
       grid = [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
       if per_image and len(grid) > per_image:
         grid = [grid[k] for k in np.linspace(0, len(grid) - 1, per_image).round().astype(int)]
@@ -159,16 +161,12 @@ class Crops:
 
   def describe(self, k):
     i, y, x = self.where[k]
-    return f'{describe(self.source, i)} crop at ({x}, {y})'
+    return f'{pipeline.describe(self.source, i)} crop at ({x}, {y})'
 
   def __getitem__(self, k):
     i, y, x = self.where[k]
     crop = self.source[i]['image'][y:y + self.size, x:x + self.size]
     return {'image': crop, 'index': k}
-
-
-def describe(source, i):
-  return source.describe(i) if hasattr(source, 'describe') else f'image {i}'
 
 
 def make_source(c, split):
