@@ -13,8 +13,6 @@ from configs import ipt as ipt_config
 from vit_jax import errors
 from vit_jax.models import ipt
 
-torch.set_default_dtype(torch.float64)
-
 
 def test_patches_and_pixel_shuffle_follow_torch():
   x = np.random.default_rng(0).normal(size=(2, 6, 9, 4)).astype(np.float32)
@@ -40,7 +38,7 @@ def t(a):
 def mha(p, num_heads):
   """Our attention parameters ([D, H, Dh] kernels) in a torch.nn.MultiheadAttention."""
   d = p['query']['kernel'].shape[0]
-  m = torch.nn.MultiheadAttention(d, num_heads, batch_first=True)
+  m = torch.nn.MultiheadAttention(d, num_heads, batch_first=True, dtype=torch.float64)
   with torch.no_grad():
     m.in_proj_weight.copy_(torch.cat([t(p[k]['kernel']).reshape(d, d).T
                                       for k in ('query', 'key', 'value')]))
@@ -65,7 +63,7 @@ def mlp(x, p):
 def reference(params, image, task, scale, *, patch, heads, layers):
   """IPT's forward (Chen et al. 2021, Fig. 2; the official model/ipt.py's order of
   operations) in float64: image [B, H, W, 3] in [0, 1] → [B, H·s, W·s, 3]."""
-  mean = torch.tensor(ipt.MEAN_RGB).view(1, 3, 1, 1)
+  mean = torch.tensor(ipt.MEAN_RGB, dtype=torch.float64).view(1, 3, 1, 1)
   x = torch.from_numpy(np.asarray(image, np.float64)).permute(0, 3, 1, 2) - mean
   head = params[f'head_{task}']
   x = conv(x, head['conv'])
