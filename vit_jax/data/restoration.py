@@ -48,6 +48,12 @@ def task_scale(task):
   return int(match.group(2)) if match.group(2) else 1
 
 
+def task_parameter(task):
+  """A task's own number: σ for 'noise<σ>', the scale for 'sr<s>', 1 for 'rain'."""
+  sigma = TASK_PATTERN.fullmatch(task).group(1) if task.startswith('noise') else None
+  return float(sigma) if sigma else task_scale(task)
+
+
 def rgb(image):
   image = np.asarray(image)
   if image.dtype == bool:
@@ -88,8 +94,8 @@ def degrade(task, crop, size, rng):
   if task == 'rain':
     noisy = target + rain_streaks(rng, size, size)[..., None]
     return np.clip(noisy, 0, 255).astype(np.float32), target
-  sigma = float(TASK_PATTERN.fullmatch(task).group(1))
-  return (target + rng.normal(0, sigma, target.shape)).astype(np.float32), target
+  noisy = target + rng.normal(0, task_parameter(task), target.shape)
+  return noisy.astype(np.float32), target
 
 
 # Sources --------------------------------------------------------------------------------------

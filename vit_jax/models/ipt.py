@@ -66,8 +66,8 @@ def shuffle_steps(scale):
   raise errors.UserError(f'IPT upsamples by 1, 3 or a power of 2; got scale {scale}.')
 
 
-def conv_layer(features, kernel, name, dtype):
-  return conv(features, kernel, use_bias=True, name=name, dtype=dtype, kernel_init=TORCH_CONV)
+def conv_layer(features, kernel, name, dtype, kernel_init=TORCH_CONV):
+  return conv(features, kernel, use_bias=True, name=name, dtype=dtype, kernel_init=kernel_init)
 
 
 class Head(nn.Module):
@@ -94,9 +94,8 @@ class Tail(nn.Module):
     c = x.shape[-1]
     for i, r in enumerate(shuffle_steps(self.scale)):
       x = pixel_shuffle(conv_layer(c * r * r, 3, f'up{i}', self.dtype)(x), r)
-    last = conv(self.channels, 3, use_bias=True, name='conv', dtype=self.dtype,
-                kernel_init=nn.initializers.zeros if self.zero_init else TORCH_CONV)
-    return last(x)
+    return conv_layer(self.channels, 3, 'conv', self.dtype,
+                      nn.initializers.zeros if self.zero_init else TORCH_CONV)(x)
 
 
 class Body(nn.Module):

@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from vit_jax import errors
 from vit_jax import losses
@@ -43,7 +44,6 @@ def patch_contrastive_loss(tokens, temperature):
 
 def gaussian(noisy, _):
   """A Gaussian blur of standard deviation 1 pixel."""
-  from scipy import ndimage
   return ndimage.gaussian_filter(noisy, (1.0, 1.0, 0))
 
 
@@ -57,7 +57,6 @@ def nl_means(noisy, sigma):
 
 def median(noisy, _):
   """A 3x3 median filter per channel."""
-  from scipy import ndimage
   return ndimage.median_filter(noisy, (3, 3, 1))
 
 
@@ -72,13 +71,9 @@ def baselines(task):
   return {'input': lambda x, _: x, 'median': median}
 
 
-def task_parameter(task):
-  return float(task[5:]) if task.startswith('noise') else data.task_scale(task)
-
-
 def run_baseline(method, x, task):
   """A baseline's output as a saved image: rounded, clipped uint8."""
-  return np.round(np.clip(method(x, task_parameter(task)), 0, 255)).astype(np.uint8)
+  return np.round(np.clip(method(x, data.task_parameter(task)), 0, 255)).astype(np.uint8)
 
 
 def image_scores(target, restored):
