@@ -98,10 +98,11 @@ def test_the_loss_draws_only_matched_masks_and_fits_a_batch():
   np.testing.assert_allclose(terms['loss_mask'], focal / num_boxes, rtol=1e-5)
   np.testing.assert_allclose(terms['loss_dice'], dice / num_boxes, rtol=1e-5)
   # The masks can only follow once the queries tell the objects apart (at the start every
-  # query attends alike), so the DICE loss falls later and slower than the box losses.
-  steps, _ = helpers.fit_one_batch(task, 150, 3e-3)
+  # query attends alike), so the DICE loss falls later than the box losses: it barely moves
+  # in the first 150 steps (0.65 to 0.60-0.62 depending on the CPU), then drops (0.20 at 300).
+  steps, _ = helpers.fit_one_batch(task, 300, 3e-3)
   first, last = steps[0], steps[-1]
-  assert last[0] < 0.3 * first[0] and last[1]['loss_dice'] < 0.9 * first[1]['loss_dice']
+  assert last[0] < 0.3 * first[0] and last[1]['loss_dice'] < 0.5 * first[1]['loss_dice']
 
 
 def test_tiny_run_on_the_coco_panoptic_loader_gives_pq_and_pictures(tmp_path):
