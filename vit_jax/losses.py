@@ -69,3 +69,18 @@ def dice_loss(logits, targets):
   p = jax.nn.sigmoid(logits.astype(jnp.float32))
   targets = targets.astype(jnp.float32)
   return 1 - (2 * (p * targets).sum(-1) + 1) / (p.sum(-1) + targets.sum(-1) + 1)
+
+
+def hinge_discriminator_loss(logits_real, logits_fake):
+  """½ (E[relu(1 − D(x))] + E[relu(1 + D(x̂))]): the discriminator's hinge loss, as VQGAN's
+  released code (its generator's adversarial term is −E[D(x̂)])."""
+  return 0.5 * (jnp.mean(jax.nn.relu(1 - logits_real)) + jnp.mean(jax.nn.relu(1 + logits_fake)))
+
+
+def adaptive_weight(grad_reconstruction, grad_adversarial, delta=1e-4, max_weight=1e4):
+  """VQGAN's λ (Esser et al. 2021, Eq. 7): ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_GAN‖ + δ), the
+  gradients taken w.r.t. the decoder's last layer; clipped to [0, 1e4] and held constant (no
+  gradient through it), as in the released code, so that neither term swamps the other."""
+  norm = lambda g: jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(g)))
+  weight = norm(grad_reconstruction) / (norm(grad_adversarial) + delta)
+  return jax.lax.stop_gradient(jnp.clip(weight, 0.0, max_weight))
