@@ -127,3 +127,69 @@ def test_an_image_size_the_levels_cannot_halve_is_named():
   with pytest.raises(ValueError, match=r'VQGAN image size 30: the 3 levels halve it 2 times, '
                                        r'so it must be a multiple of 4\.'):
     vqgan.VQAutoencoder(**TINY).init(jax.random.key(0), images(size=30))
+
+
+def tiny_prior(num_classes=3):
+  prior = vqgan.Prior(num_codes=11, length=6, num_classes=num_classes, hidden_size=16,
+                      num_layers=2, num_heads=2, mlp_dim=32)
+  codes = np.random.default_rng(0).integers(0, 11, (2, 6))
+  labels = np.array([0, 2])
+  return prior, prior.init(jax.random.key(0), codes, labels)['params'], codes, labels
+
+
+def test_cached_steps_give_the_teacher_forced_logits():
+  prior, params, codes, labels = tiny_prior()
+  full = prior.apply({'params': params}, codes, labels)
+  assert full.shape == (2, 6, 11)
+  decoder = prior.clone(decode=True)
+  cache = decoder.init(jax.random.key(0), codes, labels)['cache']
+  previous = np.zeros(2, np.int64)
+  for t in range(6):
+    step, updated = decoder.apply({'params': params, 'cache': cache}, previous, labels, t,
+                                  method=decoder.next_logits, mutable=['cache'])
+    np.testing.assert_allclose(step, full[:, t], atol=1e-5)
+    cache, previous = updated['cache'], codes[:, t]
+  # Causal: changing a later code leaves the earlier positions' logits alone.
+  changed = codes.copy()
+  changed[:, 4] = (changed[:, 4] + 1) % 11
+  again = prior.apply({'params': params}, changed, labels)
+  np.testing.assert_allclose(again[:, :5], full[:, :5], atol=1e-6)
+  assert not np.allclose(again[:, 5], full[:, 5])
+
+
+def test_top_1_sampling_is_the_greedy_sequence_of_the_uncached_pass():
+  prior, params, _, labels = tiny_prior()
+  codes = np.asarray(jax.jit(lambda p, l, r: vqgan.sample(prior, p, l, r, top_k=1))(
+      params, labels, jax.random.key(3)))
+  assert codes.shape == (2, 6)
+  full = prior.apply({'params': params}, codes, labels)
+  np.testing.assert_array_equal(codes, np.asarray(full.argmax(-1)))
+  # The class prefix matters; unconditional, it is ignored.
+  other = prior.apply({'params': params}, codes, labels[::-1])
+  assert not np.allclose(other, full)
+  plain, plain_params, _, _ = tiny_prior(num_classes=0)
+  np.testing.assert_allclose(plain.apply({'params': plain_params}, codes, labels),
+                             plain.apply({'params': plain_params}, codes, labels[::-1]))
+
+
+def test_sampling_follows_temperature_and_top_k():
+  prior, params, _, labels = tiny_prior()
+  labels = np.zeros(256, np.int64)
+  draw = jax.jit(lambda t, k, r: vqgan.sample(prior, params, labels, r, temperature=t,
+                                              top_k=k), static_argnums=1)
+  first = lambda codes: np.asarray(codes)[:, 0]
+  logits = np.asarray(prior.apply({'params': params}, np.zeros((1, 6), np.int64),
+                                  labels[:1]))[0, 0]
+  top3 = set(np.argsort(logits)[-3:])
+  assert set(first(draw(1.0, 3, jax.random.key(0)))) <= top3
+  # A low temperature concentrates on the likeliest first code, a high one spreads out.
+  cold = first(draw(0.05, None, jax.random.key(1)))
+  hot = first(draw(5.0, None, jax.random.key(1)))
+  assert (cold == logits.argmax()).mean() > 0.95
+  assert len(set(hot)) > len(set(cold))
+
+
+def test_a_prior_given_the_wrong_number_of_codes_says_so():
+  prior, params, codes, labels = tiny_prior()
+  with pytest.raises(ValueError, match=r'VQGAN prior: 5 codes per image, expected 6\.'):
+    prior.apply({'params': params}, codes[:, :5], labels)

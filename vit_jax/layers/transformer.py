@@ -104,6 +104,7 @@ class _Block(nn.Module):
   droppath_rate: float = 0.0  # This block's rate (in a scanned stack: replaced per call).
   deterministic: bool = True
   return_attention: bool = False
+  decode: bool = False  # Self-attention reads and extends a key/value cache ('cache').
 
   def norm(self, name):
     return nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.config.compute.dtype,
@@ -132,7 +133,8 @@ class _Block(nn.Module):
 
 
 class EncoderBlock(_Block):
-  """Self-attention + MLP, each in a residual branch. Names match published ViT checkpoints."""
+  """Self-attention + MLP, each in a residual branch. Names match published ViT checkpoints.
+  With a causal mask (or `decode`) it is a decoder-only language model's block."""
 
   @nn.compact
   def __call__(self, x, mask=None, pos=None, droppath_rate=None):
@@ -140,7 +142,7 @@ class EncoderBlock(_Block):
     [B, H, L, L] or None). `droppath_rate`, when given, replaces the attribute."""
     rate = self.droppath_rate if droppath_rate is None else droppath_rate
     mlp = MlpBlock(self.config, self.deterministic, name='MlpBlock_3')
-    attention_layer = self.attention('MultiHeadDotProductAttention_1')
+    attention_layer = self.attention('MultiHeadDotProductAttention_1', decode=self.decode)
     if self.config.norm_first:
       y, weights = self.attend(attention_layer, self.norm('LayerNorm_0')(x), pos, mask)
       x = x + self.residual(y, rate)
@@ -154,7 +156,6 @@ class EncoderBlock(_Block):
 
 class DecoderBlock(_Block):
   """Self-attention (causal/padding mask), cross-attention to the encoder memory, MLP."""
-  decode: bool = False
 
   @nn.compact
   def __call__(self, x, memory, self_mask=None, cross_mask=None, query_pos=None,

@@ -1,5 +1,5 @@
-"""VQGAN's first stage (Esser et al. 2021, "Taming Transformers for High-Resolution Image
-Synthesis", §3.2): a convolutional encoder down to a grid of vectors, each replaced by its
+"""VQGAN (Esser et al. 2021, "Taming Transformers for High-Resolution Image Synthesis"). Its
+first stage (§3.2): a convolutional encoder down to a grid of vectors, each replaced by its
 nearest code (vit_jax/layers/quantize.py), and a convolutional decoder back to pixels; plus the
 patch discriminator that judges the reconstructions.
 
@@ -8,7 +8,8 @@ residual blocks of GroupNorm(32) → swish → 3x3 conv, twice; strided 3x3 conv
 bottom and right only) to go down, nearest-neighbour x2 and a 3x3 conv to go up; single-head
 self-attention over the grid at the resolutions named, and in the middle, here on the shared
 attention core; a 1x1 conv into and out of the codebook's width. The discriminator is
-pix2pix's PatchGAN with BatchNorm, as the official code's default.
+pix2pix's PatchGAN with BatchNorm, as the official code's default. Its second stage: `Prior`,
+a decoder-only Transformer over the code indices, and `sample`.
 """
 from typing import Optional, Sequence
 
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 
 from vit_jax.layers import attention
 from vit_jax.layers import conv as conv_lib
+from vit_jax.layers import masks
 from vit_jax.layers import quantize
+from vit_jax.layers import transformer
 
 
 def group_norm(channels, name=None):
@@ -170,3 +173,83 @@ class PatchDiscriminator(nn.Module):
                   name=f'conv{n}')(x)
       x = nn.leaky_relu(conv_lib.batch_norm(train, f'bn{n}')(x), 0.2)
     return nn.Conv(1, (4, 4), (1, 1), pad, name=f'conv{self.num_layers + 1}')(x)
+
+
+class Prior(nn.Module):
+  """VQGAN's second stage (§3.2): p(s | c) = Π_i p(s_i | s_<i, c) over an image's code indices
+  in raster order, a decoder-only Transformer on the shared core (pre-LN blocks with a causal
+  mask, GPT-style), the class c a prefix token from its own table (one start token for all
+  when num_classes is 0). With `decode=True` each call feeds the next tokens through a
+  key/value cache: `sample` below."""
+  num_codes: int
+  length: int  # h · w codes per image.
+  num_classes: int = 0
+  hidden_size: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  dropout_rate: float = 0.0
+  decode: bool = False
+
+  def setup(self):
+    self.code_embed = nn.Embed(self.num_codes, self.hidden_size)
+    self.start_embed = nn.Embed(max(self.num_classes, 1), self.hidden_size)
+    self.positions = self.param('positions', nn.initializers.normal(0.02),
+                                (self.length, self.hidden_size))
+    config = transformer.BlockConfig(self.num_heads, self.mlp_dim, self.dropout_rate,
+                                     norm_first=True, activation='gelu')
+    self.blocks = [transformer.EncoderBlock(config, decode=self.decode, name=f'block{i}')
+                   for i in range(self.num_layers)]
+    self.norm = nn.LayerNorm()
+    self.head = nn.Dense(self.num_codes)
+
+  def start(self, labels):
+    """The prefix token's embedding [B, 1, D] (labels [B], ignored when unconditional)."""
+    labels = labels if self.num_classes else jnp.zeros_like(labels)
+    return self.start_embed(labels)[:, None]
+
+  def logits(self, x, offset=0):
+    """Embedded inputs x [B, T, D] at positions offset … offset+T−1 → next-code logits."""
+    x = x + jax.lax.dynamic_slice_in_dim(self.positions, offset, x.shape[1])[None]
+    mask = None if self.decode else masks.causal_mask(x.shape[1])
+    for block in self.blocks:
+      x, _ = block(x, mask)
+    return self.head(self.norm(x))
+
+  def __call__(self, codes, labels):
+    """Teacher forcing: codes [B, n] → logits [B, n, num_codes], position i predicting codes[:, i]
+    from the prefix and codes[:, :i]."""
+    if codes.shape[1] != self.length:
+      raise ValueError(f'VQGAN prior: {codes.shape[1]} codes per image, expected '
+                       f'{self.length}.')
+    x = jnp.concatenate([self.start(labels), self.code_embed(codes[:, :-1])], 1)
+    return self.logits(x)
+
+  def next_logits(self, previous, labels, t):
+    """Decoding step t: the prefix (t = 0) or code t−1 [B] in → logits of code t [B, K]."""
+    x = jnp.where(t == 0, self.start(labels), self.code_embed(previous)[:, None])
+    return self.logits(x, t)[:, 0]
+
+
+def sample(prior, params, labels, rng, temperature=1.0, top_k=None):
+  """Class-conditional samples [B, n] from the prior, one code at a time through the cache;
+  top_k keeps the k likeliest codes at each step (None: all), temperature divides the logits."""
+  decoder = prior.clone(decode=True)
+  cache = decoder.init(jax.random.key(0), jnp.zeros((labels.shape[0], prior.length), jnp.int32),
+                       labels)['cache']
+
+  def step(carry, t):
+    cache, previous, rng = carry
+    logits, updated = decoder.apply({'params': params, 'cache': cache}, previous, labels, t,
+                                    method=decoder.next_logits, mutable=['cache'])
+    logits = logits / temperature
+    if top_k is not None:
+      kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    rng, key = jax.random.split(rng)
+    code = jax.random.categorical(key, logits)
+    return (updated['cache'], code, rng), code
+
+  start = (cache, jnp.zeros(labels.shape, jnp.int32), rng)
+  _, codes = jax.lax.scan(step, start, jnp.arange(prior.length))
+  return codes.T
