@@ -3,6 +3,7 @@ optimisations off (the tests compile far more than they run: test_train.py and
 test_cnn_classification.py take 232 s instead of 374 s on an AMD EPYC Zen 3), and a private temp
 dir (tfds leaves tmp*tfds folders behind). Subprocesses and notebook kernels inherit both."""
 import os
+import shutil
 import sys
 import tempfile
 
@@ -10,6 +11,12 @@ import pytest
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+# One compilation cache for the whole run (pytest-xdist's workers inherit the controller's
+# environment, subprocesses too): the many tiny runs of one config compile once.
+_OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='vit_jax_xla_cache_')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ['TMPDIR'] = tempfile.mkdtemp(prefix='vit_jax_tests_')
 tempfile.tempdir = None
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
@@ -23,3 +30,9 @@ def optimized_xla():
   yield
   jax.config.update('jax_disable_most_optimizations',
                     os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] == '1')
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:  # The process that made the cache (the controller, or a run without xdist).
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
