@@ -1,7 +1,8 @@
 """Eight simulated CPU devices for every test (set before JAX starts), XLA's expensive
 optimisations off (the tests compile far more than they run: test_train.py and
-test_cnn_classification.py take 232 s instead of 374 s on an AMD EPYC Zen 3), and a private temp
-dir (tfds leaves tmp*tfds folders behind). Subprocesses and notebook kernels inherit both."""
+test_cnn_classification.py take 232 s instead of 374 s on an AMD EPYC Zen 3), one compilation
+cache per run, and a private temp dir (tfds leaves tmp*tfds folders behind). Subprocesses and
+notebook kernels inherit all of them."""
 import os
 import shutil
 import sys
