@@ -241,3 +241,20 @@ def restorations(rows, png_path, title='Restoration (held-out crops)'):
       ax.imshow(image, interpolation='nearest')
       ax.set_title(caption, fontsize=7)
   return _save(fig, png_path, title)
+
+
+def image_grid(rows, png_path, title=None):
+  """rows: (caption, images uint8 [N, H, W, C]) per row, drawn side by side, the caption on
+  the row's first image; grayscale (C = 1) in gray."""
+  columns = max(len(images) for _, images in rows)
+  fig, axes = plt.subplots(len(rows), columns, figsize=(0.9 * columns, 1.0 * len(rows) + 0.4),
+                           squeeze=False)
+  for ax_row, (caption, images) in zip(axes, rows):
+    for ax in ax_row:
+      ax.axis('off')
+    for ax, image in zip(ax_row, images):
+      gray = image.shape[-1] == 1
+      ax.imshow(image[..., 0] if gray else image, cmap='gray' if gray else None,
+                vmin=0, vmax=255, interpolation='nearest')
+    ax_row[0].set_title(caption, fontsize=7, loc='left')
+  return _save(fig, png_path, title)

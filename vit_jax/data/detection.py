@@ -188,7 +188,7 @@ class Tfds:
 SHAPES = ('circle', 'rectangle', 'triangle')
 
 
-def _background(rng, h, w):
+def textured_background(rng, h, w):
   """Textured: a colour gradient, oriented stripes and pixel noise."""
   y, x = np.mgrid[:h, :w].astype(np.float32)
   base = rng.uniform(40, 215, 3)
@@ -200,7 +200,7 @@ def _background(rng, h, w):
   return np.clip(image, 0, 255).astype(np.uint8), base
 
 
-def _draw(image, rng, kind, box, background_colour, ids, index):
+def draw_shape(image, rng, kind, box, background_colour, ids, index):
   """Draws the shape on `image` in a colour that stands out, and its instance `index` on
   the id map `ids` (a later shape covers an earlier one in both)."""
   from PIL import ImageDraw
@@ -231,7 +231,7 @@ def make_shape_image(rng, min_size, max_size, max_objects, object_size=(1 / 6, 1
   the shorter side), colour and overlap. → (image, [(box, kind)], instance ids uint8 [H, W]:
   0 background, i + 1 where object i is visible)."""
   h, w = rng.integers(min_size, max_size + 1, 2)
-  pixels, background_colour = _background(rng, h, w)
+  pixels, background_colour = textured_background(rng, h, w)
   image = Image.fromarray(pixels)
   objects = []
   for _ in range(rng.integers(1, max_objects + 1)):
@@ -248,7 +248,7 @@ def make_shape_image(rng, min_size, max_size, max_objects, object_size=(1 / 6, 1
         break
   ids = Image.new('L', image.size, 0)
   for i, (box, kind) in enumerate(objects):
-    _draw(image, rng, kind, box, background_colour, ids, i + 1)
+    draw_shape(image, rng, kind, box, background_colour, ids, i + 1)
   return image, objects, np.asarray(ids)
 
 

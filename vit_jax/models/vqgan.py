@@ -117,7 +117,8 @@ class Decoder(nn.Module):
 
 
 class VQAutoencoder(nn.Module):
-  """Encoder → 1x1 conv → vector quantiser → 1x1 conv → decoder → 3x3 conv to RGB."""
+  """Encoder → 1x1 conv → vector quantiser → 1x1 conv → decoder → 3x3 conv to pixels."""
+  image_channels: int = 3
   channels: int = 128
   channel_mult: Sequence[int] = (1, 1, 2, 2, 4)
   num_res_blocks: int = 2
@@ -136,7 +137,7 @@ class VQAutoencoder(nn.Module):
     self.post_quant_conv = nn.Conv(self.z_channels, (1, 1))
     self.decoder = Decoder(self.channels, self.channel_mult, self.num_res_blocks,
                            self.attention_resolutions)
-    self.to_pixels = conv3(3)
+    self.to_pixels = conv3(self.image_channels)
 
   def encode(self, images, train=False):
     """Images in [-1, 1] → (codes with straight-through gradient [B, h, w, code_dim], the
@@ -149,6 +150,10 @@ class VQAutoencoder(nn.Module):
   def decode_indices(self, indices):
     """Code indices [B, h, w] → images (what the stage-2 prior's samples become)."""
     return self.to_pixels(self.decode_features(self.quantizer.codes(indices)))
+
+  def pixels(self, features):
+    """The last layer alone: the decoder's features → images (for the adaptive weight)."""
+    return self.to_pixels(features)
 
   def __call__(self, images, train=False):
     """→ (reconstructions, the decoder's features before `to_pixels`, the quantiser's dict)."""

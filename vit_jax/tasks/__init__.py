@@ -14,6 +14,7 @@ TASKS = {
     'restoration': 'vit_jax.tasks.restoration:RestorationTask',
     'segmentation': 'vit_jax.tasks.segmentation:SegmentationTask',
     'translation': 'vit_jax.tasks.translation:TranslationTask',
+    'vqgan': 'vit_jax.tasks.vqgan:VqganTask',
 }
 
 
