@@ -7,6 +7,7 @@ means Inception-v3's features) and the accuracy with which it recognises class-c
 samples as their class.
 """
 import os
+import warnings
 
 import flax.linen as nn
 import jax
@@ -102,8 +103,9 @@ def frechet_distance(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   mu_a, mu_b = a.mean(0), b.mean(0)
   cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  root = scipy.linalg.sqrtm(cov_a @ cov_b)
-  root = np.real(root)  # Rounding can leave a tiny imaginary part.
+  with warnings.catch_warnings():  # Dead units (zero variance) make Σ singular: still fine.
+    warnings.simplefilter('ignore', scipy.linalg.LinAlgWarning)
+    root = np.real(scipy.linalg.sqrtm(cov_a @ cov_b))  # Rounding leaves a tiny imaginary part.
   return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
 
 

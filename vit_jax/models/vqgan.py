@@ -194,6 +194,7 @@ class Prior(nn.Module):
   num_heads: int = 4
   mlp_dim: int = 1024
   dropout_rate: float = 0.0
+  deterministic: bool = True  # False when training: dropout on (rngs={'dropout': key}).
   decode: bool = False
 
   def setup(self):
@@ -203,7 +204,8 @@ class Prior(nn.Module):
                                 (self.length, self.hidden_size))
     config = transformer.BlockConfig(self.num_heads, self.mlp_dim, self.dropout_rate,
                                      norm_first=True, activation='gelu')
-    self.blocks = [transformer.EncoderBlock(config, decode=self.decode, name=f'block{i}')
+    self.blocks = [transformer.EncoderBlock(config, deterministic=self.deterministic,
+                                            decode=self.decode, name=f'block{i}')
                    for i in range(self.num_layers)]
     self.norm = nn.LayerNorm()
     self.head = nn.Dense(self.num_codes)

@@ -18,6 +18,7 @@ never seen by the generator; the perceptual loss uses another one.
 """
 import dataclasses
 import functools
+import json
 import os
 
 import jax
@@ -141,11 +142,12 @@ class VqganTask(base.Task):
   def init(self, rng, batch):
     """{'autoencoder', 'discriminator' (stage 1) or 'prior' (stage 2), 'batch_stats':
     {'autoencoder' (moving-average codes, if any), 'discriminator' (BatchNorm), 'step'}}."""
+    stage = self.stage
     k_autoencoder, k_other = jax.random.split(rng)
     autoencoder = self.model.init({'params': k_autoencoder}, batch['image'])
     params = {'autoencoder': autoencoder['params']}
     state = {'autoencoder': autoencoder['batch_stats']} if 'batch_stats' in autoencoder else {}
-    if self.stage == 'autoencoder':
+    if stage == 'autoencoder':
       discriminator = self.discriminator.init(k_other, batch['image'])
       params['discriminator'] = discriminator['params']
       state.update(discriminator=discriminator['batch_stats'], step=jnp.zeros((), jnp.float32))
@@ -180,11 +182,11 @@ class VqganTask(base.Task):
 
   # Losses ---------------------------------------------------------------------------------
   def loss_fn(self, params, batch, rng, frozen=None):
-    del rng  # No dropout.
     if self.stage == 'autoencoder':
       return self._autoencoder_loss(params, batch, frozen)
     codes = self.codes(params, batch['image'])
-    logits = self.prior.apply({'params': params['prior']}, codes, batch['label'])
+    logits = self.prior.clone(deterministic=False).apply(
+        {'params': params['prior']}, codes, batch['label'], rngs={'dropout': rng})
     metrics = {'code_accuracy': losses.ratio(losses.weighted_accuracy(logits, codes))}
     if 'batch_stats' in params:  # The frozen codes, written back untouched (no weight decay).
       metrics[base.STATE] = {'batch_stats': params['batch_stats']}
@@ -234,7 +236,7 @@ class VqganTask(base.Task):
   def samples(self, params, labels, rng):
     """Class-conditional images (uint8) of `labels` [B] from the prior and the decoder."""
     s = self.config.sample
-    codes = vqgan.sample(self.prior, params['prior'], labels, rng, s.temperature, s.top_k)
+    codes = vqgan.sample(self.prior, params['prior'], labels, rng, s.temperature, s.top_k or None)
     images = self.model.apply(self._autoencoder_variables(params),
                               codes.reshape(-1, self.grid, self.grid),
                               method=vqgan.VQAutoencoder.decode_indices)
@@ -266,9 +268,14 @@ class VqganTask(base.Task):
             np.array([e['label'] for e in examples]))
 
   def _classifier(self, name, width, steps, seed):
-    """A judge.Classifier trained on the training split (cached in the workdir)."""
+    """A judge.Classifier trained on the training split, cached in the workdir; stage 2
+    reads stage 1's from its workdir (pretrained.path), so one judge scores both stages."""
     images, labels = self._images(self.sources[0])
     path = os.path.join(self.workdir, f'{name}.npz') if self.workdir else None
+    stage1 = os.path.join(self.config.pretrained.path, f'{name}.npz')
+    if (self.stage == 'prior' and os.path.isdir(self.config.pretrained.path) and
+        os.path.exists(stage1) and not (path and os.path.exists(path))):
+      path = stage1
     kwargs = dict(width=width, steps=steps, seed=seed, desc=f'training the {name} classifier')
     if path:
       return judge.load_or_train(path, images, labels, self.num_classes, **kwargs)
@@ -389,11 +396,22 @@ class VqganTask(base.Task):
     s = self.config.sample
     return plots.image_grid(
         [(f'class {k}', images[k * n:(k + 1) * n]) for k in range(self.num_classes)], path,
-        f'VQGAN samples (temperature {s.temperature}, top-k {s.top_k})')
+        f'VQGAN samples (temperature {s.temperature}, top-k {s.top_k or "all"})')
+
+  def sample_and_judge(self, params):
+    """--mode=sample: with config.sample's settings (temperature, top-k), one sample of each
+    held-out example's class, drawn as evaluation draws them, judged as evaluation judges
+    them (printed); and samples.png in the workdir."""
+    source, n = self.sources[1], self.config.eval_batch_size
+    labels = np.array([source[i]['label'] for i in range(len(source))], np.int32)
+    draw = jax.jit(self.samples)
+    generated = np.concatenate([
+        jax.device_get(draw(params, labels[i:i + n],
+                            jax.random.fold_in(jax.random.key(self.config.seed), i)))
+        for i in range(0, len(labels), n)])
+    scores = self.eval_metrics({'sample': generated}, source)
+    print(json.dumps({**dict(self.config.sample), **scores}))
+    print(f'Samples: {self.write_samples(params, os.path.join(self.workdir, "samples.png"))}')
 
   def commands(self):
-    """--mode=sample (stage 2): samples.png in the workdir, config.sample's settings."""
-    if self.stage != 'prior':
-      return {}
-    return {'sample': lambda params: print(
-        f'Samples: {self.write_samples(params, os.path.join(self.workdir, "samples.png"))}')}
+    return {'sample': self.sample_and_judge} if self.stage == 'prior' else {}
