@@ -261,8 +261,10 @@ class VqganTask(base.Task):
              'code_accuracy': losses.weighted_mean(correct, weight)},
             {'sample': self.samples(params, batch['label'], rng)})
 
+  @functools.lru_cache(maxsize=2)
   def _images(self, source):
-    """(images in [-1, 1] [N, H, W, C], labels [N]) of a whole split, eval-preprocessed."""
+    """(images in [-1, 1] [N, H, W, C], labels [N]) of a whole split, eval-preprocessed
+    (once per split: both classifiers and every evaluation read them)."""
     examples = [self.preprocess.eval(source[i]) for i in range(len(source))]
     return (np.stack([e['image'] for e in examples]),
             np.array([e['label'] for e in examples]))
@@ -308,10 +310,10 @@ class VqganTask(base.Task):
     from skimage import metrics
     model, params = self.judge
     real, scores = self.real_statistics(source)
-    labels = np.array([source[i]['label'] for i in range(len(source))])
-    generated = outputs['reconstruction' if self.stage == 'autoencoder' else 'sample']
-    embedded, predicted = judge.predict(model, params, to_float(generated))
+    scores, labels = dict(scores), self._images(source)[1]  # Not the cached dict itself.
     name = 'reconstruction' if self.stage == 'autoencoder' else 'sample'
+    generated = outputs[name]
+    embedded, predicted = judge.predict(model, params, to_float(generated))
     scores[f'{name}_accuracy'] = float(np.mean(predicted == labels))
     scores['frechet_distance'] = judge.frechet_distance(embedded, real)
     if self.stage == 'autoencoder':
@@ -403,7 +405,7 @@ class VqganTask(base.Task):
     held-out example's class, drawn as evaluation draws them, judged as evaluation judges
     them (printed); and samples.png in the workdir."""
     source, n = self.sources[1], self.config.eval_batch_size
-    labels = np.array([source[i]['label'] for i in range(len(source))], np.int32)
+    labels = self._images(source)[1].astype(np.int32)
     draw = jax.jit(self.samples)
     generated = np.concatenate([
         jax.device_get(draw(params, labels[i:i + n],
