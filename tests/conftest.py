@@ -1,4 +1,7 @@
-"""Eight simulated CPU devices for every test (set before JAX starts), XLA's expensive
+"""Eight simulated CPU devices (set before JAX starts) of which a test's meshes use one unless
+it is marked `multi_device` (a mesh over eight costs each training test twice the time on
+two cores: 86 s against 35 s for the Bahdanau run; sharding is what the marked tests check),
+XLA's expensive
 optimisations off (the tests compile far more than they run: test_train.py and
 test_cnn_classification.py take 232 s instead of 374 s on an AMD EPYC Zen 3), one compilation
 cache per run, and a private temp dir (tfds leaves tmp*tfds folders behind). Subprocesses and
@@ -10,7 +13,10 @@ import tempfile
 
 import pytest
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# XLA's older loop emitters compile a tiny model's step in half the time of its fusion
+# emitters (DETR 6 s against 10 s, ViT 1.3 s against 2.8 s; compiling is most of the suite).
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
+                                   '--xla_cpu_use_fusion_emitters=false')
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # One compilation cache for the whole run (pytest-xdist's workers inherit the controller's
 # environment, subprocesses too): the many tiny runs of one config compile once.
@@ -21,6 +27,18 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ['TMPDIR'] = tempfile.mkdtemp(prefix='vit_jax_tests_')
 tempfile.tempdir = None
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+
+
+@pytest.fixture(autouse=True)
+def one_device_unless_marked(request, monkeypatch):
+  """Meshes made without explicit devices take the first device, unless the test is marked
+  `multi_device`; explicit devices are kept either way."""
+  if request.node.get_closest_marker('multi_device') is None:
+    import jax
+    from vit_jax import sharding
+    make_mesh = sharding.make_mesh
+    monkeypatch.setattr(sharding, 'make_mesh', lambda fsdp=1, devices=None: make_mesh(
+        fsdp, jax.devices()[:1] if devices is None else devices))
 
 
 @pytest.fixture

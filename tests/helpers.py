@@ -1,5 +1,7 @@
 """Helpers shared by the tests: tiny configs, parameters, one loss-and-gradient step, PyTorch
 reference models with non-trivial weights."""
+import os
+
 import jax
 import numpy as np
 
@@ -11,6 +13,19 @@ from vit_jax import tasks
 
 FAMILIES = {'vit': vit_config, 'transformer': transformer_config, 'detr': detr_config,
             'rnn': rnn_config}
+
+
+
+
+def with_devices(count):
+  """The environment for a subprocess (main.py, a notebook) with `count` CPU devices and
+  otherwise the tests' XLA flags (conftest.py)."""
+  flags = os.environ['XLA_FLAGS'].replace('device_count=8', f'device_count={count}')
+  return dict(os.environ, XLA_FLAGS=flags)
+
+
+# For main.py run as a subprocess: one CPU device, as the tests' own meshes (conftest.py).
+ONE_DEVICE_ENV = with_devices(1)
 
 
 def tiny(family='vit', **overrides):

@@ -56,6 +56,7 @@ def test_pictures_show_what_the_module_computes(tmp_path, arg, pictures):
   assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.png')) == pictures
 
 
+@pytest.mark.multi_device
 def test_sharded_batch_norm_uses_the_global_batch(tmp_path):
   config = tiny('se', total_steps=3, eval_every=100, **{'model.attention_args.reduction': 4})
   one, _ = train.train_and_evaluate(config, str(tmp_path / 'one'), devices=jax.devices()[:1])

@@ -55,8 +55,7 @@ def test_torchvision_weights_give_pytorchs_features(tmp_path, family, suffix):
   config = (detr_config if family == 'detr' else deformable_config).get_config('tiny')
   config.update_from_flattened_dict({'pretrained.path': path, 'model.backbone_norm': 'frozen_bn',
                                      'model.frozen_stages': 1})
-  params = jax.device_get(train.Trainer(config, devices=jax.devices()[:1]).initial_state()[
-      'params'])
+  params = jax.device_get(train.Trainer(config).initial_state()['params'])
   np.testing.assert_array_equal(params['backbone']['stage2_block0']['shortcut_bn']['var'],
                                 state['layer2.0.downsample.1.running_var'])
   image = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)

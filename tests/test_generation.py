@@ -149,9 +149,8 @@ def test_two_stages_train_resume_and_the_prior_keeps_the_autoencoder(tmp_path):
   config = tiny(total_steps=40, log_every=10, eval_every=40, checkpoint_every=20,
                 **{'loss.disc_start': 20, 'optim.learning_rate': 3e-3,
                    'model.autoencoder.ema_decay': 0.9})  # Codes in the state, to carry.
-  one = jax.devices()[:1]  # Sharding is tested elsewhere; one device compiles far quicker.
-  train.train_and_evaluate(config, str(stage1), stop_at_step=20, devices=one)
-  state, final = train.train_and_evaluate(config, str(stage1), devices=one)  # Resumed.
+  train.train_and_evaluate(config, str(stage1), stop_at_step=20)
+  state, final = train.train_and_evaluate(config, str(stage1))  # Resumed.
   assert float(state['params']['batch_stats']['step']) == 40  # The task's own step counter.
   l1 = [r['train/l1'] for r in read_metrics(stage1) if 'train/l1' in r]
   assert l1[-1] < 0.8 * l1[0], l1
@@ -163,7 +162,7 @@ def test_two_stages_train_resume_and_the_prior_keeps_the_autoencoder(tmp_path):
   config = tiny('tiny,prior', total_steps=80, log_every=20, eval_every=80, checkpoint_every=80,
                 **{'pretrained.path': str(stage1), 'optim.learning_rate': 3e-3,
                    'model.autoencoder.ema_decay': 0.9})
-  prior_state, final = train.train_and_evaluate(config, str(stage2), devices=one)
+  prior_state, final = train.train_and_evaluate(config, str(stage2))
   loss = [r['train/loss'] for r in read_metrics(stage2) if 'train/loss' in r]
   assert loss[-1] < loss[0] - 0.2, loss
   for part in (lambda p: p['autoencoder'], lambda p: p['batch_stats']['autoencoder']):

@@ -7,6 +7,8 @@ import nbclient
 import nbformat
 import pytest
 
+from helpers import with_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, 'notebooks')) if f.endswith('.ipynb'))
 
@@ -18,7 +20,7 @@ def test_there_is_a_notebook_per_family():
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_runs(name, tmp_path, monkeypatch):
   monkeypatch.setenv('VIT_JAX_QUICK', '1')
-  monkeypatch.setenv('XLA_FLAGS', '')  # One CPU device: the tests' 8 simulated ones cost time.
+  monkeypatch.setenv('XLA_FLAGS', with_devices(1)['XLA_FLAGS'])  # 8 simulated ones cost time.
   monkeypatch.setenv('VIT_JAX_WORKDIR', str(tmp_path))
   notebook = nbformat.read(os.path.join(ROOT, 'notebooks', name), as_version=4)
   assert 'set `REPOSITORY` in the first code cell' in ''.join(notebook.cells[0].source)

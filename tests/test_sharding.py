@@ -1,9 +1,13 @@
-"""FSDP: parameters and optimizer state sharded over 8 simulated devices train as replicated."""
+"""Sharding over 8 simulated devices: FSDP trains as replicated; each family as on one device."""
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import vit as vit_config
+from helpers import assert_trees_close
+from helpers import params_of
+from helpers import tiny
 from vit_jax import sharding
 from vit_jax import train
 
@@ -23,6 +27,7 @@ def per_device_state_bytes(trainer):
   return compiled.memory_analysis().argument_size_in_bytes
 
 
+@pytest.mark.multi_device
 def test_fsdp_trains_like_replicated_with_less_memory_per_device(tmp_path):
   config = vit_config.get_config('tiny')
   config.update_from_flattened_dict({'total_steps': 3, 'eval_every': 3,
@@ -43,3 +48,29 @@ def test_fsdp_trains_like_replicated_with_less_memory_per_device(tmp_path):
   np.testing.assert_allclose(replicated_eval['loss'], sharded_eval['loss'], rtol=1e-5)
   # Parameters + Adam moments are most of the step's inputs: well under half per device.
   assert memory[8] < 0.4 * memory[1], memory
+
+
+@pytest.mark.multi_device
+@pytest.mark.parametrize('family', ['detr', 'transformer'])
+def test_a_family_steps_on_eight_devices_as_on_one(family):
+  """The other tests train on one device; these two families bring what the ViT's sharded
+  test (test_train.py) does not: DETR's matcher per example, the Transformer's text batches.
+  SGD, whose update is linear in the gradient: Adam's first step is ±learning rate for any
+  gradient, rounding noise included (a key bias's: softmax ignores it)."""
+  config = tiny(family, **{'optim.name': 'sgd'})
+  one = two_steps(train.Trainer(config, devices=jax.devices()[:1]))
+  eight = two_steps(train.Trainer(config))
+  assert len(jax.tree.leaves(eight['params'])[0].sharding.device_set) == 8
+  assert_trees_close(params_of(one), params_of(eight), atol=1e-5)
+
+
+def two_steps(trainer):
+  source, _, preprocess = trainer.task.datasets()
+  rng = np.random.default_rng(0)
+  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
+                                                 for i in range(trainer.config.batch_size)])
+  state = trainer.initial_state()
+  for step in range(2):
+    state, _, _ = trainer.train_step(state, sharding.global_batch(batch, trainer.mesh),
+                                     jax.random.fold_in(trainer.rng, step))
+  return state

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import vit as vit_config
+from helpers import ONE_DEVICE_ENV
 from helpers import assert_trees_close
 from helpers import params_of
 from helpers import tiny
@@ -33,6 +34,7 @@ def test_training_lowers_the_loss_and_learns_digits(tmp_path):
     assert (tmp_path / f).exists(), f
 
 
+@pytest.mark.multi_device
 def test_sharded_step_equals_single_device(tmp_path):
   assert jax.device_count() == 8
   config = tiny(total_steps=3, eval_every=100)
@@ -41,6 +43,7 @@ def test_sharded_step_equals_single_device(tmp_path):
   assert_trees_close(params_of(one), params_of(eight), atol=1e-5)
 
 
+@pytest.mark.multi_device
 def test_resume_continues_exactly_and_restores_onto_another_device_count(tmp_path):
   config = tiny(total_steps=8, eval_every=100, checkpoint_every=4, **{'model.droppath_rate': 0.2})
   full, _ = train.train_and_evaluate(config, str(tmp_path / 'full'))
@@ -89,8 +92,8 @@ def test_export_then_finetune_at_a_new_resolution(tmp_path):
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, env=ONE_DEVICE_ENV,
+                        capture_output=True, text=True, timeout=300)
 
 
 def test_config_mistakes_are_one_line_errors(tmp_path):
@@ -128,7 +131,7 @@ def test_main_trains_exports_and_reruns_from_the_workdir_alone(tmp_path):
   out = run_main(*common)
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'Final eval' in out.stdout and 'training_curves.png' in out.stdout
-  assert 'Running on 8 cpu devices (cpu) in 1 process, mesh data=8 x fsdp=1.' in out.stdout
+  assert 'Running on 1 cpu device (cpu) in 1 process, mesh data=1 x fsdp=1.' in out.stdout
   assert json.loads((tmp_path / 'config.json').read_text())['model']['num_layers'] == 1
   # Export reads the run's own config.json: no --config needed, even for another folder.
   out = run_main(f'--workdir={tmp_path}', '--mode=export',
