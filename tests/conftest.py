@@ -1,8 +1,7 @@
 """Eight simulated CPU devices (set before JAX starts) of which a test's meshes use one unless
 it is marked `multi_device` (a mesh over eight costs each training test twice the time on
 two cores: 86 s against 35 s for the Bahdanau run; sharding is what the marked tests check),
-XLA's expensive
-optimisations off (the tests compile far more than they run: test_train.py and
+XLA's expensive optimisations off (the tests compile far more than they run: test_train.py and
 test_cnn_classification.py take 232 s instead of 374 s on an AMD EPYC Zen 3), one compilation
 cache per run, and a private temp dir (tfds leaves tmp*tfds folders behind). Subprocesses and
 notebook kernels inherit all of them."""

@@ -15,17 +15,11 @@ FAMILIES = {'vit': vit_config, 'transformer': transformer_config, 'detr': detr_c
             'rnn': rnn_config}
 
 
-
-
 def with_devices(count):
   """The environment for a subprocess (main.py, a notebook) with `count` CPU devices and
   otherwise the tests' XLA flags (conftest.py)."""
   flags = os.environ['XLA_FLAGS'].replace('device_count=8', f'device_count={count}')
   return dict(os.environ, XLA_FLAGS=flags)
-
-
-# For main.py run as a subprocess: one CPU device, as the tests' own meshes (conftest.py).
-ONE_DEVICE_ENV = with_devices(1)
 
 
 def tiny(family='vit', **overrides):
@@ -43,13 +37,18 @@ def assert_trees_close(a, b, atol, rtol=0.0):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=rtol), a, b)
 
 
+def training_batch(task, size):
+  """The task's first `size` training examples, augmented (seed 0) and stacked."""
+  source, _, preprocess = task.datasets()
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
+                                                for i in range(size)])
+
+
 def loss_and_grads(config, workdir, params=None):
   """(params, loss, grads) of the task's loss on 4 training examples (fresh params if None)."""
   task = tasks.get_task(config.task)(config, str(workdir))
-  train_source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = [preprocess.train(train_source[i], rng) for i in range(4)]
-  batch = jax.tree.map(lambda *x: np.stack(x), *batch)
+  batch = training_batch(task, 4)
   if params is None:
     params = jax.jit(task.init)(jax.random.key(0), batch)  # Compiled: far quicker than op by op.
   grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
@@ -63,10 +62,7 @@ def fit_one_batch(task, steps, learning_rate, size=8):
   first step's gradients)."""
   import optax
   from vit_jax.tasks import base
-  source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
-                                                 for i in range(size)])
+  batch = training_batch(task, size)
   params = jax.jit(task.init)(jax.random.key(0), batch)
   tx = optax.adam(learning_rate)
   grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)

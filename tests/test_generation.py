@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from configs import vqgan as vqgan_config
 from vit_jax import errors
 from vit_jax import losses
@@ -82,10 +83,7 @@ def test_shapes32_are_generated_deterministically_with_balanced_labels():
 def stage1_batch():
   config = tiny()
   task = tasks.get_task('vqgan')(config)
-  source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
-                                                 for i in range(4)])
+  batch = helpers.training_batch(task, 4)
   params = jax.jit(task.init)(jax.random.key(0), batch)
   frozen = jax.jit(judge.Classifier(10, config.loss.perceptual_width).init)(
       jax.random.key(3), batch['image'])['params']

@@ -84,10 +84,7 @@ def test_the_loss_draws_only_matched_masks_and_fits_a_batch(optimized_xla):
   query's mask, matched afterwards; on one batch it falls and the masks' DICE loss too."""
   config = config_lib.get_config('tiny,panoptic')
   task = tasks.get_task(config.task)(config, None)
-  source, _, preprocess = task.datasets()
-  rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
-                                                 for i in range(4)])
+  batch = helpers.training_batch(task, 4)
   params = jax.jit(task.init)(jax.random.key(0), batch)
   loss, terms = jax.jit(task.loss_fn)(params, batch, jax.random.key(1))
   outputs, _ = task.model.apply({'params': params}, batch['image'], batch['pixel_mask'])

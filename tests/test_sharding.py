@@ -8,6 +8,7 @@ from configs import vit as vit_config
 from helpers import assert_trees_close
 from helpers import params_of
 from helpers import tiny
+from helpers import training_batch
 from vit_jax import sharding
 from vit_jax import train
 
@@ -65,10 +66,7 @@ def test_a_family_steps_on_eight_devices_as_on_one(family):
 
 
 def two_steps(trainer):
-  source, _, preprocess = trainer.task.datasets()
-  rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda *x: np.stack(x), *[preprocess.train(source[i], rng)
-                                                 for i in range(trainer.config.batch_size)])
+  batch = training_batch(trainer.task, trainer.config.batch_size)
   state = trainer.initial_state()
   for step in range(2):
     state, _, _ = trainer.train_step(state, sharding.global_batch(batch, trainer.mesh),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import vit as vit_config
-from helpers import ONE_DEVICE_ENV
+from helpers import with_devices
 from helpers import assert_trees_close
 from helpers import params_of
 from helpers import tiny
@@ -92,7 +92,7 @@ def test_export_then_finetune_at_a_new_resolution(tmp_path):
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, env=ONE_DEVICE_ENV,
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, env=with_devices(1),
                         capture_output=True, text=True, timeout=300)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import transformer as transformer_config
-from helpers import ONE_DEVICE_ENV
+from helpers import with_devices
 from vit_jax import checkpoint
 from vit_jax import train
 from vit_jax.data import tokenizers
@@ -190,7 +190,7 @@ def test_tiny_translation_run_learns_and_keeps_its_tokenizer(tmp_path):
   command = subprocess.run(
       [sys.executable, 'main.py', f'--workdir={tmp_path}', '--mode=translate',
        f'--config.translate.input={tmp_path / "input.txt"}', '--config.translate.beam_size=3'],
-      cwd=ROOT, env=ONE_DEVICE_ENV, capture_output=True, text=True, timeout=300)
+      cwd=ROOT, env=with_devices(1), capture_output=True, text=True, timeout=300)
   assert command.returncode == 0, command.stderr[-2000:]
   assert command.stdout.splitlines()[:2] == out
   assert "Input 3: the vocabulary lacks '#', '%'; they become <unk>." in command.stderr
