@@ -9,6 +9,7 @@ from configs import detr as detr_config
 from configs import rnn as rnn_config
 from configs import transformer as transformer_config
 from configs import vit as vit_config
+from vit_jax import compiling
 from vit_jax import tasks
 
 FAMILIES = {'vit': vit_config, 'transformer': transformer_config, 'detr': detr_config,
@@ -50,7 +51,7 @@ def loss_and_grads(config, workdir, params=None):
   task = tasks.get_task(config.task)(config, str(workdir))
   batch = training_batch(task, 4)
   if params is None:
-    params = jax.jit(task.init)(jax.random.key(0), batch)  # Compiled: far quicker than op by op.
+    params = compiling.run_once(task.init, jax.random.key(0), batch)  # Quicker than op by op.
   grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
   (loss, _), grads = grad_fn(params, batch, jax.random.key(1))
   return params, loss, grads
@@ -63,7 +64,7 @@ def fit_one_batch(task, steps, learning_rate, size=8):
   import optax
   from vit_jax.tasks import base
   batch = training_batch(task, size)
-  params = jax.jit(task.init)(jax.random.key(0), batch)
+  params = compiling.run_once(task.init, jax.random.key(0), batch)
   tx = optax.adam(learning_rate)
   grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 

@@ -24,6 +24,7 @@ import numpy as np
 import tqdm
 
 from vit_jax import checkpoint as checkpoint_lib
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import metrics as metrics_lib
 from vit_jax import optim
@@ -197,15 +198,14 @@ class Trainer:
 
   def initial_state(self):
     """Fresh parameters (or fine-tuning ones from config.pretrained.path), placed sharded."""
-    state = jax.jit(sharding.traced_under(self.mesh, self._init),
-                    out_shardings=self.state_shardings)(self.rng)
+    state = compiling.run_once(sharding.traced_under(self.mesh, self._init), self.rng,
+                               out_shardings=self.state_shardings)
     path = self.config.pretrained.path
     if path:
       params = self.task.load_pretrained(jax.device_get(state['params']), path)
       params = jax.device_put(params, self.state_shardings['params'])
-      state = dict(state, params=params,
-                   opt_state=jax.jit(self.tx.init,
-                                     out_shardings=self.state_shardings['opt_state'])(params))
+      state = dict(state, params=params, opt_state=compiling.run_once(
+          self.tx.init, params, out_shardings=self.state_shardings['opt_state']))
     return state
 
   def restore_newest(self, checkpoints, log=print):

@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
@@ -141,7 +142,8 @@ class ClassificationTask(base.Task):
     if self.model.classifier != 'token':
       raise errors.UserError('Attention rollout follows the class token; '
                              f'model.classifier={self.model.classifier!r} has none.')
-    probs, aux = jax.device_get(self.predict(params, images, return_attention=True))
+    probs, aux = jax.device_get(compiling.run_once(
+        lambda p, x: self.predict(p, x, return_attention=True), params, images))
     return probs, rollout.class_token_map(rollout.attention_rollout(aux['attention']),
                                           aux['grid'])
 

@@ -4,9 +4,9 @@ statistics carried as model state (base.with_state)."""
 import os
 
 import flax
-import jax
 import numpy as np
 
+from vit_jax import compiling
 from vit_jax import losses
 from vit_jax.data import pipeline
 from vit_jax.models import resnet
@@ -79,8 +79,8 @@ class CnnClassificationTask(classification.ClassificationTask):
     examples = [preprocess.eval(source[i]) for i in range(min(num_examples, len(source)))]
     images = np.stack([e['image'] for e in examples])
     labels = np.array([e['label'] for e in examples])
-    _, sown = jax.jit(lambda p, x: self.model.apply(base.split_state(p), x,
-                                                    mutable=['intermediates']))(params, images)
+    _, sown = compiling.run_once(lambda p, x: self.model.apply(
+        base.split_state(p), x, mutable=['intermediates']), params, images)
     found = {}  # Kind → the deepest map (paths sort by stage).
     for path, value in sorted(flax.traverse_util.flatten_dict(sown.get('intermediates', {}),
                                                               sep='/').items()):

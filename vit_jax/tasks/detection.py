@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
@@ -300,7 +301,7 @@ class DetectionTask(base.Task):
     """The first eval images with their kept predictions: (examples, panels (image, boxes in
     pixels, captions), kept prediction indices per image, the model's aux)."""
     examples, batch = self.first_eval_examples(num_images)
-    scores, labels, boxes, aux = jax.device_get(self.predict(params, batch))
+    scores, labels, boxes, aux = jax.device_get(compiling.run_once(self.predict, params, batch))
     names = self.sources[0].categories
     panels, kept = [], []
     for e, s, lab, b in zip(examples, scores, labels, boxes):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
@@ -22,7 +23,6 @@ from vit_jax.data import pipeline
 from vit_jax.evaluators import coco
 from vit_jax.evaluators import panoptic as pq
 from vit_jax.models import detr_panoptic
-from vit_jax.tasks import base
 from vit_jax.tasks import detection
 
 MASK_KEYS = ('mask_weight', 'dice_weight')  # config.loss's keys for the masks.
@@ -223,12 +223,12 @@ class PanopticTask(detection.DetectionTask):
     paths = super().write_plots(params, workdir, num_images, threshold, top_k)
     examples, batch = self.first_eval_examples(num_images)
 
-    @jax.jit
     def predict(params, image, pixel_mask):
       outputs, _ = self.model.apply({'params': params}, image, pixel_mask)
       return self.panoptic_map(outputs, image.shape[1:3])
 
-    ids, labels, scores = jax.device_get(predict(params, batch['image'], batch['pixel_mask']))
+    ids, labels, scores = jax.device_get(compiling.run_once(predict, params, batch['image'],
+                                                            batch['pixel_mask']))
     names = self.sources[0].categories
     panels = []
     for e, m, lab, sc, size in zip(examples, ids, labels, scores, batch['size']):

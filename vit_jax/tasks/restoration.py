@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
@@ -223,8 +224,8 @@ class RestorationTask(base.Task):
     rows = []
     for t, task in enumerate(self.tasks):
       inputs = np.stack([e[f'input_{task}'] for e in examples])
-      restored = np.asarray(to_uint8(jax.jit(self.restore, static_argnums=2)(params, inputs,
-                                                                           t)[0]))
+      restored = np.asarray(to_uint8(compiling.run_once(
+          lambda p, x, t=t: self.restore(p, x, t)[0], params, inputs)))
       row = []
       for e, out in zip(examples, restored):
         x, target = e[f'input_{task}'], e[f'target_{task}']

@@ -3,10 +3,10 @@ overlay pictures."""
 import functools
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
@@ -135,7 +135,8 @@ class SegmentationTask(base.Task):
     _, source, preprocess = self.datasets()
     examples = [source[i] for i in range(min(num_images, len(source)))]
     batch = [preprocess.eval(e) for e in examples]
-    predicted = np.asarray(jax.jit(self.predict)(params, np.stack([b['image'] for b in batch])))
+    predicted = np.asarray(compiling.run_once(self.predict, params,
+                                              np.stack([b['image'] for b in batch])))
     panels = [(e['image'], e['label'], metrics.at_label_size(p, b['size'], e['label'].shape))
               for e, b, p in zip(examples, batch, predicted)]
     return [plots.segmentations(panels, source.classes,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import checkpoint as checkpoint_lib
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import optim
@@ -383,8 +384,8 @@ class VqganTask(base.Task):
     source = self.sources[1]
     picks = np.linspace(0, len(source) - 1, 12).round().astype(int)
     images = np.stack([self.preprocess.eval(source[i])['image'] for i in picks])
-    recon = jax.jit(lambda p, x: to_uint8(self.model.apply(self._autoencoder_variables(p),
-                                                           x)[0]))(params, images)
+    recon = compiling.run_once(lambda p, x: to_uint8(self.model.apply(
+        self._autoencoder_variables(p), x)[0]), params, images)
     return [plots.image_grid([('held-out', np.asarray(to_uint8(images))),
                               ('reconstructed', np.asarray(recon))],
                              os.path.join(workdir, 'reconstructions.png'),
