@@ -1,3 +1,5 @@
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -40,6 +42,22 @@ def test_digits_fixed_split():
   assert np.bincount(test.labels).min() >= 35  # Stratified: every digit in the test split.
 
 
+def test_a_validation_split_is_carved_from_the_training_split():
+  train = classification.Digits('train')
+  head, tail = classification.Digits('train[:90%]'), classification.Digits('train[90%:]')
+  assert (len(head), len(tail)) == (1293, 144)  # round(0.9 · 1437) = 1293.
+  np.testing.assert_array_equal(np.concatenate([head.images, tail.images]), train.images)
+  np.testing.assert_array_equal(classification.Digits('train[-144:]').labels, tail.labels)
+  with pytest.raises(ValueError, match=re.escape(
+      "Unknown split 'valid[:10]' for 'digits'; expected 'train' or 'test', optionally sliced "
+      "('train[:90%]', 'train[3600:]').")):
+    classification.Digits('valid[:10]')
+  with pytest.raises(ValueError, match=re.escape(
+      "Unreadable split 'train[0.5:]'; expected a name, optionally sliced as TFDS slices: "
+      "'train', 'train[:3600]', 'train[90%:]'.")):
+    classification.Digits('train[0.5:]')
+
+
 def test_tfds_source_and_preprocessing(tmp_path):
   name = make_tfds_dataset(str(tmp_path))
   source = classification.make_source('tfds', 'train', str(tmp_path), tfds_name=name)
@@ -49,6 +67,9 @@ def test_tfds_source_and_preprocessing(tmp_path):
   assert example['image'].shape == (8, 8, 3) and example['image'].dtype == np.float32
   assert -1.0 <= example['image'].min() and example['image'].max() <= 1.0
   assert prep.eval(source[4])['image'].shape == (8, 8, 3)
+  sliced = classification.make_source('tfds', 'train[9:]', str(tmp_path), tfds_name=name)
+  assert len(sliced) == 3  # TFDS slices it: example 0 is the split's example 9.
+  np.testing.assert_array_equal(sliced[0]['image'], source[9]['image'])
   with pytest.raises(ValueError, match=r"Split 'validation' not found for TFDS dataset "
                                        r"'tiny_shapes'; available: \['test', 'train'\]"):
     classification.make_source('tfds', 'validation', str(tmp_path), tfds_name=name)

