@@ -7,7 +7,8 @@ stage 1's newest checkpoint from its workdir (pretrained.path) and keeps it froz
   python main.py --config=configs/vqgan.py --workdir=/tmp/vqgan/autoencoder
   python main.py --config=configs/vqgan.py:prior --workdir=/tmp/vqgan/prior \\
       --config.pretrained.path=/tmp/vqgan/autoencoder
-  python main.py --config=configs/vqgan.py:prior --workdir=/tmp/vqgan/prior --mode=sample
+  python main.py --workdir=/tmp/vqgan/prior --mode=choose_temperature  # On validation digits.
+  python main.py --workdir=/tmp/vqgan/prior --mode=sample
 
 Arguments (comma-separated): 'prior' for stage 2; 'shapes' for 32x32 colour images of one
 synthetic shape each (3 classes, data.name='shapes32'); 'tiny' for tests and smoke runs.
@@ -37,10 +38,13 @@ def get_config(arg=''):
       disc_start=400))  # Steps of reconstruction alone before the adversarial terms.
   # The held-out judge (judge.npz): sample accuracy and Fréchet distance in its features.
   c.judge = ml_collections.ConfigDict(dict(width=24, steps=1000, seed=1))
-  c.sample = ml_collections.ConfigDict(dict(temperature=1.0, top_k=0, per_class=10))  # 0: all.
+  # --mode=choose_temperature draws samples at each of `temperatures` and picks the one whose
+  # samples lie closest (Fréchet distance) to data.validation_split's images.
+  c.sample = ml_collections.ConfigDict(dict(temperature=1.0, top_k=0, per_class=10,  # 0: all.
+                                            temperatures=(0.6, 0.7, 0.8, 0.9, 1.0)))
   c.data = ml_collections.ConfigDict(dict(
-      name='mnist5k', data_dir='', train_split='train', eval_split='test', image_size=28,
-      channels=1, augment='none', flip=False, num_threads=2))
+      name='mnist5k', data_dir='', train_split='train', eval_split='test', validation_split='',
+      image_size=28, channels=1, augment='none', flip=False, num_threads=2))
   c.total_steps = 1200
   c.batch_size = 32
   c.eval_batch_size = 250
@@ -61,6 +65,10 @@ def get_config(arg=''):
     # 4,000 digits overfit the prior within 2,000 steps (held-out NLL 1.75 nats per code at
     # step 1,000, 2.98 at 2,000, with no dropout and no shifts): shifted digits code anew.
     c.data.augment = 'random_shift'
+    # A tenth of the training digits is kept from the prior to choose the sampling temperature:
+    # --mode=choose_temperature chose 0.6 for this config (README, "Image generation").
+    c.data.update(train_split='train[:90%]', validation_split='train[90%:]')
+    c.sample.temperature = 0.6
     c.optim.update(learning_rate=1e-3, b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.0,
                    lr_multipliers='^autoencoder/=0')  # Stage 1 stays as trained.
   if 'tiny' in args:  # scikit-learn's 8x8 digits: 2x2 codes.

@@ -2,6 +2,7 @@
 the two players' gradients kept apart, the adaptive weight equal to the whole model's
 last-layer gradients, both stages trained through the trainer (stage 2 on stage 1's
 checkpoint, frozen), and the errors a user meets."""
+import json
 import re
 
 import jax
@@ -168,6 +169,13 @@ def test_two_stages_train_resume_and_the_prior_keeps_the_autoencoder(tmp_path):
                  jax.device_get(part(prior_state['params'])))  # Frozen, codes included.
   assert 0 <= final['sample_accuracy'] <= 1 and final['nll'] < np.log(16)
   assert (stage2 / 'samples.png').exists()
+  # The sampling temperature is chosen on the validation digits kept from the prior.
+  config.sample.temperatures = (0.5, 1.0)
+  tasks.get_task('vqgan')(config, str(stage2)).choose_temperature(prior_state['params'])
+  chosen = json.loads((stage2 / 'sampling.json').read_text())
+  table = chosen['frechet_distance']
+  assert chosen['validation_split'] == 'train[90%:]' and set(table) == {'0.5', '1.0'}
+  assert table['0.5'] != table['1.0'] and chosen['temperature'] == float(min(table, key=table.get))
   # The stage-1 export fits stage 2 as well as its workdir does.
   export = train.export(config, str(stage1), str(tmp_path / 'stage1.npz'))
   task = tasks.get_task('vqgan')(config, str(tmp_path / 'other'))
@@ -198,6 +206,11 @@ def test_errors_a_user_meets(tmp_path):
   with pytest.raises(errors.UserError, match=re.escape(
       "Unknown stage='decoder'; expected one of ('autoencoder', 'prior').")):
     tasks.get_task('vqgan')(tiny(stage='decoder')).init(jax.random.key(0), {})
+  with pytest.raises(errors.UserError, match=re.escape(
+      "--mode=choose_temperature needs data.validation_split (e.g. 'train[90%:]', with "
+      "data.train_split='train[:90%]').")):
+    tasks.get_task('vqgan')(tiny('tiny,prior', **{'data.validation_split': ''})
+                            ).choose_temperature(None)
   task = tasks.get_task('vqgan')(tiny(**{'model.num_classes': 5}))
   with pytest.raises(errors.UserError, match=re.escape(
       'Label 7 is outside 0..4 (model.num_classes=5).')):

@@ -234,10 +234,12 @@ class VqganTask(base.Task):
                   base.STATE: {'batch_stats': new_state}}
 
   # Evaluation -----------------------------------------------------------------------------
-  def samples(self, params, labels, rng):
-    """Class-conditional images (uint8) of `labels` [B] from the prior and the decoder."""
+  def samples(self, params, labels, rng, temperature=None):
+    """Class-conditional images (uint8) of `labels` [B] from the prior and the decoder, at
+    config.sample's settings (or the temperature given)."""
     s = self.config.sample
-    codes = vqgan.sample(self.prior, params['prior'], labels, rng, s.temperature, s.top_k or None)
+    temperature = s.temperature if temperature is None else temperature
+    codes = vqgan.sample(self.prior, params['prior'], labels, rng, temperature, s.top_k or None)
     images = self.model.apply(self._autoencoder_variables(params),
                               codes.reshape(-1, self.grid, self.grid),
                               method=vqgan.VQAutoencoder.decode_indices)
@@ -401,20 +403,56 @@ class VqganTask(base.Task):
         [(f'class {k}', images[k * n:(k + 1) * n]) for k in range(self.num_classes)], path,
         f'VQGAN samples (temperature {s.temperature}, top-k {s.top_k or "all"})')
 
+  def _draw(self, params, labels, seed, temperature):
+    """One sample of each label, batch by batch as evaluation draws them (batch i seeded by
+    fold_in(key(seed), i))."""
+    n, draw = self.config.eval_batch_size, jax.jit(self.samples)
+    return np.concatenate([
+        jax.device_get(draw(params, labels[i:i + n], jax.random.fold_in(jax.random.key(seed), i),
+                            temperature))
+        for i in range(0, len(labels), n)])
+
   def sample_and_judge(self, params):
     """--mode=sample: with config.sample's settings (temperature, top-k), one sample of each
     held-out example's class, drawn as evaluation draws them, judged as evaluation judges
     them (printed); and samples.png in the workdir."""
-    source, n = self.sources[1], self.config.eval_batch_size
+    source = self.sources[1]
     labels = self._images(source)[1].astype(np.int32)
-    draw = jax.jit(self.samples)
-    generated = np.concatenate([
-        jax.device_get(draw(params, labels[i:i + n],
-                            jax.random.fold_in(jax.random.key(self.config.seed), i)))
-        for i in range(0, len(labels), n)])
+    generated = self._draw(params, labels, self.config.seed, self.config.sample.temperature)
     scores = self.eval_metrics({'sample': generated}, source)
     print(json.dumps({**dict(self.config.sample), **scores}))
     print(f'Samples: {self.write_samples(params, os.path.join(self.workdir, "samples.png"))}')
 
+  def choose_temperature(self, params):
+    """--mode=choose_temperature: for each of config.sample.temperatures, one sample of each
+    validation example's class (data.validation_split, carved from the training data and
+    never trained on) and their Fréchet distance from the validation images in the judge's
+    features; prints the table and the temperature with the least distance, and writes them
+    to sampling.json. The held-out split is not read."""
+    split = self.config.data.get('validation_split')
+    if not split:
+      raise errors.UserError('--mode=choose_temperature needs data.validation_split (e.g. '
+                             "'train[90%:]', with data.train_split='train[:90%]').")
+    c = self.config.data
+    source = classification.make_source(c.name, split, c.data_dir or None)
+    images, labels = self._images(Indexed(source))
+    model, judge_params = self.judge
+    real, _ = judge.predict(model, judge_params, images)
+    table = {}
+    for t in self.config.sample.temperatures:
+      generated = self._draw(params, labels.astype(np.int32), self.config.seed + 1, t)
+      table[float(t)] = judge.frechet_distance(judge.predict(model, judge_params,
+                                                             to_float(generated))[0], real)
+      print(f'temperature {t:g}: Fréchet distance {table[float(t)]:.3f} on {split} '
+            f'({len(labels)} images)')
+    best = min(table, key=table.get)
+    result = {'validation_split': split, 'frechet_distance': table, 'temperature': best}
+    with open(os.path.join(self.workdir, 'sampling.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+    print(json.dumps(result))
+    print(f'Least distance at temperature {best:g}: --config.sample.temperature={best:g}')
+
   def commands(self):
-    return {'sample': self.sample_and_judge} if self.stage == 'prior' else {}
+    if self.stage != 'prior':
+      return {}
+    return {'sample': self.sample_and_judge, 'choose_temperature': self.choose_temperature}
