@@ -102,11 +102,13 @@ class VqganTask(base.Task):
                                       channels=c.channels)
     return Preprocess(image, self.num_classes)
 
+  def source(self, split):
+    c = self.config.data
+    return Indexed(classification.make_source(c.name, split, c.data_dir or None))
+
   @functools.cached_property
   def sources(self):
-    c = self.config.data
-    return tuple(Indexed(classification.make_source(c.name, split, c.data_dir or None))
-                 for split in (c.train_split, c.eval_split))
+    return self.source(self.config.data.train_split), self.source(self.config.data.eval_split)
 
   def datasets(self):
     return base.Datasets(*self.sources, self.preprocess)
@@ -397,19 +399,24 @@ class VqganTask(base.Task):
     from vit_jax import plots
     n = self.config.sample.per_class
     labels = jnp.repeat(jnp.arange(self.num_classes), n)
-    images = np.asarray(jax.jit(self.samples)(params, labels, jax.random.key(self.config.seed)))
+    images = np.asarray(self._sampler(params, labels, jax.random.key(self.config.seed)))
     s = self.config.sample
     return plots.image_grid(
         [(f'class {k}', images[k * n:(k + 1) * n]) for k in range(self.num_classes)], path,
         f'VQGAN samples (temperature {s.temperature}, top-k {s.top_k or "all"})')
 
+  @functools.cached_property
+  def _sampler(self):
+    """`samples` compiled once: the temperature is an argument, so every one shares it."""
+    return jax.jit(self.samples)
+
   def _draw(self, params, labels, seed, temperature):
     """One sample of each label, batch by batch as evaluation draws them (batch i seeded by
     fold_in(key(seed), i))."""
-    n, draw = self.config.eval_batch_size, jax.jit(self.samples)
+    n = self.config.eval_batch_size
     return np.concatenate([
-        jax.device_get(draw(params, labels[i:i + n], jax.random.fold_in(jax.random.key(seed), i),
-                            temperature))
+        jax.device_get(self._sampler(params, labels[i:i + n],
+                                     jax.random.fold_in(jax.random.key(seed), i), temperature))
         for i in range(0, len(labels), n)])
 
   def sample_and_judge(self, params):
@@ -428,14 +435,13 @@ class VqganTask(base.Task):
     validation example's class (data.validation_split, carved from the training data and
     never trained on) and their Fréchet distance from the validation images in the judge's
     features; prints the table and the temperature with the least distance, and writes them
-    to sampling.json. The held-out split is not read."""
+    to sampling.json. The held-out split is not read, and the samples are seeded apart from
+    evaluation's (seed + 1)."""
     split = self.config.data.get('validation_split')
     if not split:
       raise errors.UserError('--mode=choose_temperature needs data.validation_split (e.g. '
                              "'train[90%:]', with data.train_split='train[:90%]').")
-    c = self.config.data
-    source = classification.make_source(c.name, split, c.data_dir or None)
-    images, labels = self._images(Indexed(source))
+    images, labels = self._images(self.source(split))
     model, judge_params = self.judge
     real, _ = judge.predict(model, judge_params, images)
     table = {}
