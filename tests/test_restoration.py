@@ -1,4 +1,5 @@
 """Image restoration (IPT): degradations, sources, the contrastive loss, metrics, training."""
+import json
 import os
 import re
 
@@ -15,6 +16,7 @@ from vit_jax import pretrained
 from vit_jax import tasks
 from vit_jax import train
 from vit_jax.data import restoration as data
+from vit_jax.ops import tiling
 from vit_jax.tasks import restoration
 
 
@@ -27,15 +29,17 @@ def tiny(**overrides):
 def test_degradations():
   rng = np.random.default_rng(0)
   clean = rng.integers(0, 256, (96, 96, 3)).astype(np.uint8)
-  noisy, target = data.degrade('noise25', clean, 48, rng)
+  noisy, target = data.degrade('noise25', clean[:48, :48], rng)
   assert noisy.shape == target.shape == (48, 48, 3) and noisy.dtype == np.float32
   np.testing.assert_array_equal(target, clean[:48, :48])
   assert abs((noisy - target).std() - 25) < 1  # Added, not clipped.
-  small, target = data.degrade('sr2', clean, 48, rng)
+  small, target = data.degrade('sr2', clean, rng)
   np.testing.assert_array_equal(target, clean)
   np.testing.assert_array_equal(small, np.asarray(Image.fromarray(clean).resize((48, 48),
                                                                                Image.BICUBIC)))
-  rainy, target = data.degrade('rain', clean // 2, 48, rng)
+  small, _ = data.degrade('sr2', clean[:, :64], rng)  # Any rectangle of even sides.
+  assert small.shape == (48, 32, 3)
+  rainy, target = data.degrade('rain', clean[:48, :48] // 2, rng)
   assert (rainy >= target).all() and (rainy > target).mean() > 0.02  # Streaks only brighten.
 
 
@@ -113,7 +117,7 @@ def test_contrastive_option_adds_its_terms():
   np.testing.assert_allclose(loss, np.mean(l1) + 0.1 * np.mean(contrastive), rtol=1e-5)
 
 
-def test_trainer_reports_baselines_draws_pictures_and_fine_tunes_on_new_tasks(tmp_path):
+def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_path, capsys):
   config = tiny()
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   final = train.last_eval(os.path.join(tmp_path, 'run', 'metrics.jsonl'))
@@ -124,6 +128,27 @@ def test_trainer_reports_baselines_draws_pictures_and_fine_tunes_on_new_tasks(tm
   assert os.path.exists(tmp_path / 'run' / 'restoration.png')
   export = str(tmp_path / 'ipt.npz')
   train.export(config, str(tmp_path / 'run'), export)
+
+  # --mode=restore: whole images of any size, tile by tile; degraded first and scored.
+  os.makedirs(tmp_path / 'photos')
+  for name, size in (('wide', (31, 21)), ('square', (12, 12))):
+    image = np.random.default_rng(0).integers(0, 256, size[::-1] + (3,), np.uint8)
+    Image.fromarray(image).save(tmp_path / 'photos' / f'{name}.png')
+  config.restore.update(input=str(tmp_path / 'photos'), task='sr2', degrade=True)
+  train.run_command(config, str(tmp_path / 'run'), 'restore')
+  restored = tmp_path / 'run' / 'restored'
+  assert Image.open(restored / 'wide_sr2.png').size == (30, 20)  # Cropped to even sides.
+  assert Image.open(restored / 'wide_sr2_input.png').size == (15, 10)
+  scores = json.loads((restored / 'scores.json').read_text())
+  assert set(scores['square.png']) == {'IPT', 'bicubic'}
+  assert 0 < scores['square.png']['IPT']['ssim'] <= 1
+  out = capsys.readouterr().out
+  assert re.search(r'square.png: IPT [\d.]+ / [\d.]+, bicubic [\d.]+ / [\d.]+', out)
+  config.restore.update(task='sr3')
+  with pytest.raises(errors.UserError, match=re.escape(
+      "restore.task 'sr3' is not one this IPT was trained for; expected one of ['noise25', "
+      "'sr2', 'rain'].")):
+    train.run_command(config, str(tmp_path / 'run'), 'restore')
 
   # Fine-tuning on one of its tasks and a new one: the body and sr2 load, sr3 starts fresh.
   config = tiny(**{'model.tasks': ('sr2', 'sr3'), 'pretrained.path': export})
@@ -142,3 +167,32 @@ def test_trainer_reports_baselines_draws_pictures_and_fine_tunes_on_new_tasks(tm
   task = tasks.get_task('restoration')(config, None)
   with pytest.raises(errors.UserError, match=r"does not fit IPT for tasks \['sr2'\]"):
     task.load_pretrained(task.init(jax.random.key(1), task.dummy_batch(2)), export)
+
+
+@pytest.mark.parametrize('shape,scale', [((37, 50, 3), 1), ((20, 29, 3), 2), ((5, 30, 3), 2)])
+def test_tiles_blend_back_into_the_whole_image(shape, scale):
+  # A tile-wise operation (nearest upsampling) through overlapping tiles equals it on the
+  # whole image, for sides that are not multiples of the stride and sides under one tile.
+  image = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+  upsample = lambda x: x.repeat(scale, axis=-3).repeat(scale, axis=-2)
+  calls = []
+  def restore_batch(tiles):
+    calls.append(tiles.shape)
+    return upsample(tiles)
+  out = tiling.restore_tiled(restore_batch, image, tile=12, scale=scale, overlap=4,
+                             batch_size=8)
+  np.testing.assert_allclose(out, upsample(image), rtol=1e-6)
+  assert set(calls) == {(8, 12, 12, 3)}  # Full batches only: one compiled shape.
+
+
+def test_tiles_overlap_and_blend_linearly():
+  assert tiling.starts(37, 12, 8) == [0, 8, 16, 24, 25] and tiling.starts(5, 12, 8) == [0]
+  np.testing.assert_allclose(tiling.ramp(8, 4), [0.25, 0.5, 0.75, 1, 1, 0.75, 0.5, 0.25])
+  # Tile k outputs the constant k: across an overlap the blend runs linearly from one to
+  # the next, with no step.
+  counter = iter(range(100))
+  out = tiling.restore_tiled(lambda t: np.stack([np.full(t.shape[1:], next(counter))
+                                                  for _ in t]), np.zeros((12, 20, 1)), 12,
+                             overlap=4, batch_size=1)
+  assert np.all(out[:, :8] == 0) and np.all(out[:, 12:] == 1)
+  np.testing.assert_allclose(out[0, 8:12, 0], [0.2, 0.4, 0.6, 0.8])

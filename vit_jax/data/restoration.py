@@ -65,9 +65,9 @@ def rgb(image):
   return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
 
 
-def resize(image, size):
-  """uint8 [H, W, 3] → uint8 [size, size, 3], PIL's bicubic (antialiased when shrinking)."""
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+def resize(image, height, width):
+  """uint8 [H, W, 3] → uint8 [height, width, 3], PIL's bicubic (antialiased when shrinking)."""
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
 
 
 def rain_streaks(rng, h, w):
@@ -84,15 +84,17 @@ def rain_streaks(rng, h, w):
   return streaks * rng.uniform(80, 160)
 
 
-def degrade(task, crop, size, rng):
-  """A clean uint8 crop of at least (size · scale)² → (input float32 [size, size, 3] on
-  0..255, target uint8 [size · scale, size · scale, 3])."""
+def degrade(task, target, rng):
+  """A clean uint8 image [H, W, 3] (H and W multiples of the task's scale) → (input float32
+  [H / scale, W / scale, 3] on 0..255, target: the clean image)."""
   scale = task_scale(task)
-  target = crop[:size * scale, :size * scale]
+  h, w = target.shape[0] // scale, target.shape[1] // scale
+  if (h * scale, w * scale) != target.shape[:2]:
+    raise ValueError(f'{task} needs sides that are multiples of {scale}, not {target.shape}.')
   if task.startswith('sr'):
-    return resize(target, size).astype(np.float32), target
+    return resize(target, h, w).astype(np.float32), target
   if task == 'rain':
-    noisy = target + rain_streaks(rng, size, size)[..., None]
+    noisy = target + rain_streaks(rng, h, w)[..., None]
     return np.clip(noisy, 0, 255).astype(np.float32), target
   noisy = target + rng.normal(0, task_parameter(task), target.shape)
   return noisy.astype(np.float32), target
@@ -227,5 +229,6 @@ class Preprocess:
   def _pairs(self, crop, rng):
     out = {}
     for task in self.tasks:
-      out[f'input_{task}'], out[f'target_{task}'] = degrade(task, crop, self.canvas, rng)
+      side = self.canvas * task_scale(task)
+      out[f'input_{task}'], out[f'target_{task}'] = degrade(task, crop[:side, :side], rng)
     return out
