@@ -2,6 +2,7 @@
 import re
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def parse_args(arg, known, pattern=None, pattern_help=''):
@@ -13,6 +14,24 @@ def parse_args(arg, known, pattern=None, pattern_help=''):
       raise ValueError(f'Unknown config argument {a!r}; expected a comma-separated list of '
                        f'{", ".join(known)}{pattern_help}.')
   return args
+
+
+def attention_args():
+  """The hyperparameters of the attention modules for CNNs, each None for its paper's value;
+  a module takes its own (see its docstring in vit_jax/layers/), e.g.
+  --config.model.attention_args.reduction=8."""
+  return ml_collections.ConfigDict(dict(
+      reduction=placeholder(int), kernel_size=placeholder(int), dilation=placeholder(int),
+      dilations=placeholder(tuple), gamma=placeholder(int), b=placeholder(int),
+      dim=placeholder(int), min_dim=placeholder(int), subsample=placeholder(bool),
+      key_dim=placeholder(int), sizes=placeholder(tuple)))
+
+
+def backbone_attention():
+  """The detection backbones' attention module for CNNs (configs/resnet.py's block_attention,
+  attention_args, attention_stages), e.g. --config.model.backbone_attention=se."""
+  return dict(backbone_attention=placeholder(str), backbone_attention_args=attention_args(),
+              backbone_attention_stages=placeholder(tuple))
 
 
 def trainer_config():

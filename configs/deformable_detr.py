@@ -33,7 +33,8 @@ def get_config(arg=''):
       num_queries=20, backbone_name='resnet-tiny', backbone_norm='group_norm', frozen_stages=-1,
       hidden_size=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=4, mlp_dim=256,
       dropout_rate=0.0, num_feature_levels=4, encoder_points=4, decoder_points=4,
-      box_refine='refine' in args or 'two_stage' in args, two_stage='two_stage' in args))
+      box_refine='refine' in args or 'two_stage' in args, two_stage='two_stage' in args,
+      **common.backbone_attention()))
   # §4.1 / A.3: focal loss, matching costs and loss weights class 2, L1 5, GIoU 2.
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, class_weight=2.0, l1_weight=5.0, giou_weight=2.0, focal_alpha=0.25,

@@ -41,7 +41,8 @@ def get_config(arg=''):
       num_queries=12, backbone_name='resnet-tiny', dilation=1,
       backbone_norm='group_norm', frozen_stages=-1, hidden_size=128,
       num_heads=4, num_encoder_layers=2, num_decoder_layers=3, mlp_dim=256, dropout_rate=0.0,
-      attention_dropout_rate=0.0, posemb='sine', norm_first=False))
+      attention_dropout_rate=0.0, posemb='sine', norm_first=False,
+      **common.backbone_attention()))
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, eos_coef=0.1, class_weight=1.0, l1_weight=5.0, giou_weight=2.0,
       matcher='device'))  # An exact Hungarian solver inside the jitted step, or 'scipy' (host).

@@ -33,7 +33,7 @@ def get_config(arg=''):
   c.model = ml_collections.ConfigDict(dict(
       variant='resnet-tiny', num_classes=10, stem='small', norm='batch_norm',
       block_attention=modules[0] if modules else placeholder(str),
-      attention_args=ml_collections.ConfigDict(), attention_stages=placeholder(tuple)))
+      attention_args=common.attention_args(), attention_stages=placeholder(tuple)))
   c.data = ml_collections.ConfigDict(dict(
       name='mnist5k', tfds_name='', data_dir='', train_split='train', eval_split='test',
       image_size=28, channels=1, convert_channels=False, augment='random_affine', flip=False,

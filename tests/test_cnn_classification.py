@@ -1,5 +1,6 @@
 """ResNets with attention modules through the one trainer: BatchNorm statistics as state."""
 import os
+import re
 
 import jax
 import numpy as np
@@ -9,7 +10,9 @@ from configs import resnet as resnet_config
 from helpers import assert_trees_close
 from helpers import params_of
 from vit_jax import metrics
+from vit_jax import errors
 from vit_jax import pretrained
+from vit_jax import tasks
 from vit_jax import train
 
 
@@ -68,3 +71,16 @@ def test_one_module_at_a_time():
   with pytest.raises(ValueError, match=r"Config arguments \['se', 'cbam'\]: one attention "
                                        r'module at a time.'):
     resnet_config.get_config('se,cbam')
+
+
+def test_module_hyperparameters_are_checked_against_the_module():
+  build = lambda arg, **args: tasks.get_task('cnn_classification')(
+      tiny(arg, **{f'model.attention_args.{k}': v for k, v in args.items()}), None).model
+  assert build('anl', sizes=[1, 2]).backbone['attention_args'] == {'sizes': (1, 2)}
+  assert build('sk').backbone['attention_args'] == {}  # None: the paper's values.
+  with pytest.raises(errors.UserError, match=re.escape(
+      "model.attention_args.gamma does not apply to 'se'; it takes ['reduction'].")):
+    build('se', gamma=3)
+  with pytest.raises(errors.UserError, match=re.escape(
+      "model.attention_args sets ['reduction'], but no attention module is chosen.")):
+    build('', reduction=8)

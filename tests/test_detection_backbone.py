@@ -1,6 +1,8 @@
 """ImageNet backbones for both detectors from a torchvision ResNet state dict (.safetensors or
 .npz), through config.pretrained.path: the features equal PyTorch's, with the file's
 BatchNorm statistics frozen in; a file that does not fit says what is missing."""
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,9 @@ import torch
 from configs import deformable_detr as deformable_config
 from configs import detr as detr_config
 from helpers import perturbed
+from helpers import training_batch
+from vit_jax import compiling
+from vit_jax import errors
 from vit_jax import pretrained
 from vit_jax import tasks
 from vit_jax import train
@@ -90,3 +95,42 @@ def test_a_backbone_that_does_not_fit_names_what_is_missing(tmp_path):
     else:
       assert message == (f"{path!r} is a torchvision ResNet, whose BatchNorm statistics need "
                          "model.backbone_norm='frozen_bn', not 'group_norm'.")
+
+
+def test_an_attention_module_in_the_backbone_trains_and_starts_fresh_on_imagenet_weights(
+    tmp_path):
+  state = torchvision_names(hugging_face_resnet())
+  path = str(tmp_path / 'resnet.npz')
+  np.savez(path, **state)
+  config = detr_config.get_config('tiny')
+  config.update_from_flattened_dict({'model.backbone_attention': 'se',
+                                     'model.backbone_attention_args.reduction': 4})
+  task = tasks.get_task(config.task)(config, str(tmp_path))
+  batch = training_batch(task, 2)
+  params = compiling.run_once(task.init, jax.random.key(0), batch)
+  grads = compiling.run_once(jax.grad(lambda p: task.loss_fn(p, batch, jax.random.key(1))[0]),
+                             params)
+  for block in ('stage1_block0', 'stage4_block0'):  # In every block, and trained.
+    assert float(np.abs(grads['backbone'][block]['attention']['reduce']['kernel']).sum()) > 0
+  # ImageNet weights load around it (frozen BatchNorm); the module keeps its initial values.
+  config.model.update(backbone_name='resnet-tiny', backbone_norm='frozen_bn', frozen_stages=1)
+  task = tasks.get_task(config.task)(config, str(tmp_path))
+  fresh = compiling.run_once(task.init, jax.random.key(0), task.dummy_batch(1))
+  loaded = task.load_pretrained(fresh, path)['backbone']
+  np.testing.assert_array_equal(loaded['stage2_block0']['shortcut_bn']['var'],
+                                state['layer2.0.downsample.1.running_var'])
+  np.testing.assert_array_equal(loaded['stage2_block0']['attention']['reduce']['kernel'],
+                                fresh['backbone']['stage2_block0']['attention']['reduce']['kernel'])
+
+  # Deformable DETR's backbone takes the same option; modules with BatchNorm inside do not fit
+  # a backbone without batch statistics.
+  config = deformable_config.get_config('tiny')
+  config.model.backbone_attention = 'danet'
+  task = tasks.get_task(config.task)(config, str(tmp_path))
+  shapes = jax.eval_shape(task.init, jax.random.key(0), task.dummy_batch(1))
+  assert set(shapes['backbone']['stage4_attention']) >= {'alpha', 'beta', 'position_query'}
+  config.model.backbone_attention = 'sk'
+  with pytest.raises(errors.UserError, match=re.escape(
+      "model.backbone_attention 'sk' has BatchNorm inside, whose statistics a backbone with "
+      "norm 'group_norm' does not train; expected one of ['cbam', 'danet', 'eca', 'gc', 'se'].")):
+    tasks.get_task(config.task)(config, str(tmp_path)).model

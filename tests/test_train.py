@@ -151,11 +151,17 @@ def test_main_trains_exports_and_reruns_from_the_workdir_alone(tmp_path):
 
 
 def test_config_mode_prints_the_docstring_and_every_key():
-  out = run_main('--config=configs/detr.py:tiny', '--mode=config')
+  # The attention modules' hyperparameters are keys too, settable on a locked config.
+  out = run_main('--config=configs/detr.py:tiny', '--mode=config',
+                 '--config.model.backbone_attention=cbam',
+                 '--config.model.backbone_attention_args.kernel_size=3')
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.startswith('DETR object detection')
   assert "  optim.learning_rate = 0.0005\n" in out.stdout
   assert '  data.crop_scales = (48, 56)\n' in out.stdout
+  assert "  model.backbone_attention = 'cbam'\n" in out.stdout
+  assert '  model.backbone_attention_args.kernel_size = 3\n' in out.stdout
+  assert '  model.backbone_attention_args.reduction = None\n' in out.stdout
 
 
 def test_default_workdir_is_one_per_config(monkeypatch):

@@ -15,7 +15,9 @@ become the decoder's reference boxes and, through their sine embeddings, its que
 Parameter names follow Hugging Face's port where they can.
 """
 import math
+from typing import Any, Optional, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,6 @@ from vit_jax.layers import kernels
 from vit_jax.layers import posemb
 from vit_jax.layers import transformer
 from vit_jax.models import detr
-from vit_jax.models import resnet
 
 PRIOR = 0.01  # Initial probability of every class (focal loss, Lin et al. 2017 §4.1).
 
@@ -123,6 +124,11 @@ class DeformableDETR(nn.Module):
   backbone_name: str = 'resnet50'
   backbone_norm: str = 'frozen_bn'
   frozen_stages: int = 1
+  # An attention module for CNNs in the backbone (ResNet's block_attention, attention_args,
+  # attention_stages; one without BatchNorm inside: se, eca, gc, cbam, danet).
+  backbone_attention: Optional[str] = None
+  backbone_attention_args: Any = flax.core.FrozenDict()
+  backbone_attention_stages: Optional[Sequence[int]] = None
   hidden_size: int = 256
   num_heads: int = 8
   num_encoder_layers: int = 6
@@ -155,9 +161,7 @@ class DeformableDETR(nn.Module):
     b, d = image.shape[0], self.hidden_size
     if d % 32:
       raise errors.UserError(f'hidden_size={d} must be a multiple of 32 (GroupNorm groups).')
-    stages = resnet.ResNet(**resnet.decode_variant(self.backbone_name), norm=self.backbone_norm,
-                           frozen_stages=self.frozen_stages, dtype=self.compute.dtype,
-                           name='backbone')(image)
+    stages = detr.backbone(self, name='backbone')(image)
     from_backbone = min(self.num_feature_levels, 3)
     features = [stages[f'stage{i}'] for i in range(5 - from_backbone, 5)]  # C3-C5 (or fewer).
     group_norm = lambda name: nn.GroupNorm(num_groups=32, epsilon=1e-5, name=name)

@@ -6,6 +6,9 @@ learned object queries are query positions → class head (num_classes + 1, no-o
 and a 3-layer box MLP with sigmoid → normalised (cx, cy, w, h). Every decoder layer's output
 goes through the shared final LayerNorm and both heads, for the auxiliary losses (§3.2).
 """
+from typing import Any, Optional, Sequence
+
+import flax
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +48,16 @@ class BoxHead(nn.Module):
                     bias_init=lambda *_: jnp.array([0.0, 0.0, size, size]))(x)
 
 
+def backbone(model, **kwargs):
+  """A detection model's ResNet, from its backbone_* fields."""
+  return resnet.ResNet(**resnet.decode_variant(model.backbone_name), norm=model.backbone_norm,
+                       frozen_stages=model.frozen_stages,
+                       block_attention=model.backbone_attention,
+                       attention_args=model.backbone_attention_args,
+                       attention_stages=model.backbone_attention_stages,
+                       dtype=model.compute.dtype, **kwargs)
+
+
 class DETR(nn.Module):
   num_classes: int
   num_queries: int = 100
@@ -52,6 +65,11 @@ class DETR(nn.Module):
   dilation: int = 0  # Last stages dilated instead of strided: 1 (True) DC5, stride 16.
   backbone_norm: str = 'frozen_bn'
   frozen_stages: int = 1
+  # An attention module for CNNs in the backbone (ResNet's block_attention, attention_args,
+  # attention_stages; one without BatchNorm inside: se, eca, gc, cbam, danet).
+  backbone_attention: Optional[str] = None
+  backbone_attention_args: Any = flax.core.FrozenDict()
+  backbone_attention_stages: Optional[Sequence[int]] = None
   hidden_size: int = 256
   num_heads: int = 8
   num_encoder_layers: int = 6
@@ -64,9 +82,7 @@ class DETR(nn.Module):
   compute: kernels.Compute = kernels.Compute()
 
   def setup(self):
-    self.backbone = resnet.ResNet(**resnet.decode_variant(self.backbone_name),
-                                  dilation=self.dilation, norm=self.backbone_norm,
-                                  frozen_stages=self.frozen_stages, dtype=self.compute.dtype)
+    self.backbone = backbone(self, dilation=self.dilation)
     self.input_proj = nn.Conv(self.hidden_size, (1, 1), dtype=self.compute.dtype)
     if self.posemb == 'learn':
       self.pos_embed = posemb.LearnedPosition2D(self.hidden_size // 2)

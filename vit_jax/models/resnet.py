@@ -9,6 +9,7 @@ multiplier of 0: optax.set_to_zero, no optimizer state, no weight decay). Convol
 like torchvision (layers/conv.py), so ported weights give the same features. Returns
 every stage's feature map.
 """
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax
@@ -83,12 +84,39 @@ AFTER_STAGES = {  # After the stages in model.attention_stages (default: the pap
 # 'sk' replaces each block's 3x3 convolution (a bottleneck's middle one, a basic block's
 # first); 'anl' fuses the last two stages (AFNB) and refines the result (APNB), as ANN.
 ATTENTION = tuple(IN_BLOCK) + tuple(AFTER_STAGES) + ('sk', 'anl')
+# Modules with BatchNorm inside, as their papers have it: a ResNet without batch statistics
+# (frozen_bn or group_norm, the detection backbones) has none for them to train.
+WITH_BATCH_NORM = ('gsop', 'sk', 'bam', 'nonlocal', 'anl')
 
 
-def check_attention(name):
+MODULES = {**IN_BLOCK, **{name: m for name, (m, _) in AFTER_STAGES.items()},
+           'sk': ca.SelectiveKernel, 'anl': sa.AFNB}
+SET_BY_THE_BLOCK = ('parent', 'name', 'dtype', 'features', 'stride')
+
+
+def attention_args(name, args, key='model.attention_args'):
+  """The hyperparameters a config sets (None: the paper's value) → the module's keyword
+  arguments; one the module does not take is an error naming those it does."""
+  given = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
+  if given and name is None:
+    raise errors.UserError(f'{key} sets {sorted(given)}, but no attention module is chosen.')
+  if name is None:
+    return flax.core.FrozenDict()
+  takes = [f.name for f in dataclasses.fields(MODULES[name]) if f.name not in SET_BY_THE_BLOCK]
+  wrong = sorted(set(given) - set(takes))
+  if wrong:
+    raise errors.UserError(f'{key}.{wrong[0]} does not apply to {name!r}; it takes {takes}.')
+  return flax.core.FrozenDict(given)
+
+
+def check_attention(name, norm='batch_norm', key='model.block_attention'):
   if name is not None and name not in ATTENTION:
-    raise errors.UserError(f'Unknown model.block_attention {name!r}; expected None or one of '
+    raise errors.UserError(f'Unknown {key} {name!r}; expected None or one of '
                            f'{sorted(ATTENTION)}.')
+  if norm != 'batch_norm' and name in WITH_BATCH_NORM:
+    raise errors.UserError(
+        f'{key} {name!r} has BatchNorm inside, whose statistics a backbone with norm {norm!r} '
+        f'does not train; expected one of {sorted(set(ATTENTION) - set(WITH_BATCH_NORM))}.')
 
 
 class Block(nn.Module):
@@ -157,7 +185,7 @@ class ResNet(nn.Module):
     if self.stem not in ('imagenet', 'small'):
       raise errors.UserError(f"Unknown ResNet stem {self.stem!r}; expected 'imagenet' or "
                              "'small'.")
-    check_attention(self.block_attention)
+    check_attention(self.block_attention, self.norm)
     args = dict(self.attention_args or {})
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':

@@ -22,7 +22,8 @@ class CnnClassificationTask(classification.ClassificationTask):
     c = self.config.model
     backbone = resnet.decode_variant(c.variant)
     backbone.update({k: c[k] for k in BACKBONE_FIELDS})
-    backbone['attention_args'] = flax.core.FrozenDict(c.attention_args.to_dict())
+    backbone['attention_args'] = resnet.attention_args(c.block_attention,
+                                                       c.attention_args.to_dict())
     if backbone['attention_stages'] is not None:
       backbone['attention_stages'] = tuple(backbone['attention_stages'])
     resnet.check_attention(c.block_attention)

@@ -1,6 +1,7 @@
 """Object detection with DETR: data, Hungarian matching, set loss, COCO evaluation, plots."""
 import functools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from vit_jax.data import detection as data
 from vit_jax.data import pipeline
 from vit_jax.evaluators import coco
 from vit_jax.models import detr
+from vit_jax.models import resnet
 from vit_jax.ops import boxes as box_ops
 from vit_jax.ops import matching
 from vit_jax.tasks import base
@@ -158,6 +160,13 @@ class DetectionTask(base.Task):
     if m['num_queries'] < c.max_boxes:
       raise errors.UserError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
                              f'{c.max_boxes}: every target needs a query.')
+    resnet.check_attention(m['backbone_attention'], m['backbone_norm'],
+                           key='model.backbone_attention')
+    m['backbone_attention_args'] = resnet.attention_args(
+        m['backbone_attention'], m['backbone_attention_args'].to_dict(),
+        key='model.backbone_attention_args')
+    if m['backbone_attention_stages'] is not None:
+      m['backbone_attention_stages'] = tuple(m['backbone_attention_stages'])
     return self.model_class(num_classes=num_classes, **m,
                             compute=base.compute_options(self.config))
 
@@ -176,8 +185,11 @@ class DetectionTask(base.Task):
       raise errors.UserError(f'{path!r} is a torchvision ResNet, whose BatchNorm statistics '
                              f'need model.backbone_norm=\'frozen_bn\', not '
                              f'{m.backbone_norm!r}.')
+    # An attention module in the backbone is not in an ImageNet ResNet: it starts fresh.
+    fresh = tuple(k for k in pretrained.flatten(params['backbone'])
+                  if re.search(r'(^|/)(stage\d+_)?attention/', k))
     backbone = pretrained.fit(params['backbone'], pretrained.from_torchvision_resnet(restored),
-                              source=f'torchvision ResNet {path!r}',
+                              fresh=fresh, source=f'torchvision ResNet {path!r}',
                               what=f'the {m.backbone_name} backbone')
     return dict(params, backbone=backbone)
 
