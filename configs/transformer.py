@@ -52,7 +52,10 @@ def get_config(arg=''):
 
   if 'dates' in args:
     c.data.update(name='dates', max_target_length=12)
-    c.total_steps = 2000  # 87.6% exact match at 1,000 steps, 99.9% at 2,000.
+    # Pre-LN (Xiong et al. 2020): post-LN at the paper's schedule trained unsteadily here
+    # (88.2 ± 4.6% exact match over 3 seeds at step 2,000); see README, "Results".
+    c.model.norm_first = True
+    c.total_steps = 1000
     c.bleu_tokenize = 'char'
   if 'pack' in args:
     c.data.pack = True
