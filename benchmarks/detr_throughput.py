@@ -15,6 +15,7 @@ Timed alternately after warm-up; medians with min-max.
 """
 import argparse
 import os
+import statistics
 import sys
 
 import jax
@@ -23,7 +24,7 @@ import scipy.optimize
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import alternate, our_train_step, table  # noqa: E402
+from timing import alternate, matmul_run, mfu, our_train_step, table  # noqa: E402
 from configs import deformable_detr as deformable_config  # noqa: E402
 from configs import detr as detr_config  # noqa: E402
 from vit_jax.layers import deformable  # noqa: E402
@@ -114,7 +115,7 @@ def main():
   parser.add_argument('--sampling_sizes', default='64,128,256')
   args = parser.parse_args()
   rng = np.random.default_rng(0)
-  runs, models = {}, {}
+  runs, models, flops = {}, {}, {}
   for family, config_lib in (('detr', detr_config), ('deformable', deformable_config)):
     config = config_lib.get_config()
     # Hugging Face's ResNet has no dilation (DETR at stride 32) and its detectors freeze
@@ -126,6 +127,7 @@ def main():
       config.model.update(dilation=0, num_decoder_layers=6)
     data = synthetic_batch(rng, args.batch, args.canvas, config.data.max_boxes, 3)
     runs[family], trainer = our_train_step(config, data)
+    flops[family] = runs[family].flops
     models[family] = m = trainer.task.model
     runs[f'torch-{family}'] = torch_train(m, 3, data, config.optim.learning_rate)
   sizes = [int(s) for s in args.sampling_sizes.split(',')]
@@ -140,6 +142,7 @@ def main():
     for name, solve in solvers.items():
       runs[f'{name}-{t}'] = (lambda s=solve, t=t: jax.block_until_ready(s(cost[t], valid[t])))
     runs[f'loop-{t}'] = lambda t=t: scipy_loop(cost[t])
+  runs['matmul'], matmul_flops = matmul_run()
   times = alternate(runs, args.rounds)
   print(f'batch {args.batch}, {args.canvas}x{args.canvas} images, float32, {args.rounds} '
         f'alternating rounds')
@@ -151,6 +154,7 @@ def main():
           f'loss + auxiliary losses, AdamW, gradient clipping)', 'images/s',
           [('vit_jax (JAX/Flax, scipy matcher)', times[family]),
            (f'Hugging Face {name} (PyTorch)', times[f'torch-{family}'])], args.batch)
+    mfu(flops[family](), statistics.median(times[family]), times['matmul'], matmul_flops)
   table('The two models, ours (speed ratio: Deformable DETR over DETR)', 'images/s',
         [('Deformable DETR', times['deformable']), ('DETR', times['detr'])], args.batch)
   for size in sizes:

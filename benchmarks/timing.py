@@ -7,6 +7,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 
 from vit_jax import sharding
 from vit_jax import train
@@ -54,7 +55,25 @@ def our_train_step(config, data):
     box['state'], metrics, _ = trainer.train_step(box['state'], batch, trainer.rng)
     jax.block_until_ready(metrics)
 
+  step.flops = lambda: trainer.lower_train_step(box['state'], batch, trainer.rng).compile(
+      ).cost_analysis()['flops']  # XLA's count for one step.
   return step, trainer
+
+
+def matmul_run(n=2048):
+  """(a no-argument function multiplying two n x n float32 matrices, jitted; its FLOPs): the
+  machine's matmul peak, timed among the contenders so it sees the same machine they do."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  return (lambda: f(a).block_until_ready()), 2 * n ** 3
+
+
+def mfu(flops, seconds, matmul_times, matmul_flops):
+  """One line: FLOPs per step / median step time / the fastest matmul of the same run."""
+  peak = matmul_flops / min(matmul_times)
+  print(f'\nOur MFU: {flops / 1e9:.1f} GFLOP/step (XLA cost analysis) / '
+        f'{1e3 * seconds:.0f} ms / {peak / 1e9:.0f} GFLOP/s fp32 matmul peak (measured in '
+        f'this run) = {100 * flops / seconds / peak:.1f}%')
 
 
 def recorded_runs(out):

@@ -10,6 +10,7 @@ Timed alternately after warm-up; medians with min-max.
 """
 import argparse
 import os
+import statistics
 import sys
 
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import alternate, our_train_step, table  # noqa: E402
+from timing import alternate, matmul_run, mfu, our_train_step, table  # noqa: E402
 from configs import transformer as transformer_config  # noqa: E402
 from vit_jax import train  # noqa: E402
 from vit_jax.ops import decoding  # noqa: E402
@@ -81,7 +82,8 @@ def main():
       model, p, s, max_length=args.length, bos_id=1, eos_id=-1)[0])
   decode = {'cached': lambda: jax.block_until_ready(cached(params, source)),
             'uncached': lambda: jax.block_until_ready(uncached(params, source))}
-  runs = {'ours': ours_step, 'torch': torch_step, **decode}
+  matmul, matmul_flops = matmul_run()
+  runs = {'ours': ours_step, 'torch': torch_step, **decode, 'matmul': matmul}
   times = alternate(runs, args.rounds)
   tokens = args.batch * args.length
   print(f'hidden_size {m.hidden_size}, {m.num_layers}+{m.num_layers} layers, mlp_dim {m.mlp_dim}, '
@@ -90,6 +92,7 @@ def main():
   table('Training step (AdamW, forward + backward + update)', 'target tokens/s',
         [('vit_jax (JAX/Flax)', times['ours']), ('torch.nn.Transformer', times['torch'])],
         tokens)
+  mfu(ours_step.flops(), statistics.median(times['ours']), times['matmul'], matmul_flops)
   table('Greedy decoding of the whole batch (EOS disabled: every step decodes)',
         'generated tokens/s',
         [('ours, key/value cache', times['cached']), ('ours, no cache', times['uncached'])],

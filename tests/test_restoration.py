@@ -144,10 +144,15 @@ def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_pa
   assert 0 < scores['square.png']['IPT']['ssim'] <= 1
   out = capsys.readouterr().out
   assert re.search(r'square.png: IPT [\d.]+ / [\d.]+, bicubic [\d.]+ / [\d.]+', out)
+  assert re.search(r'mean: IPT [\d.]+ / [\d.]+, bicubic', out)
   config.restore.update(task='sr3')
   with pytest.raises(errors.UserError, match=re.escape(
       "restore.task 'sr3' is not one this IPT was trained for; expected one of ['noise25', "
       "'sr2', 'rain'].")):
+    train.run_command(config, str(tmp_path / 'run'), 'restore')
+  config.restore.update(task='sr2', overlap=12)
+  with pytest.raises(errors.UserError, match=re.escape(
+      'restore.overlap=12 must be in [0, 12): tiles are data.canvas pixels wide.')):
     train.run_command(config, str(tmp_path / 'run'), 'restore')
 
   # Fine-tuning on one of its tasks and a new one: the body and sr2 load, sr3 starts fresh.

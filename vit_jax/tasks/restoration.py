@@ -265,11 +265,15 @@ class RestorationTask(base.Task):
     if task not in self.tasks:
       raise errors.UserError(f'restore.task {task!r} is not one this IPT was trained for; '
                              f'expected one of {self.tasks}.')
+    canvas = self.config.data.canvas
+    if not 0 <= c.overlap < canvas:
+      raise errors.UserError(f'restore.overlap={c.overlap} must be in [0, {canvas}): tiles '
+                             'are data.canvas pixels wide.')
     path = pathlib.Path(c.input)
     files = [path] if path.is_file() else data.Folder(path).files
     output = pathlib.Path(c.output or os.path.join(self.workdir, 'restored'))
     output.mkdir(parents=True, exist_ok=True)
-    t, scale, canvas = self.tasks.index(task), data.task_scale(task), self.config.data.canvas
+    t, scale = self.tasks.index(task), data.task_scale(task)
     restore_batch = jax.jit(lambda x: self.restore(params, x, t)[0])
     scores = {}
     for file in tqdm.tqdm(files, desc=f'restoring ({task})', unit='image', leave=False):
@@ -289,7 +293,9 @@ class RestorationTask(base.Task):
         scores[file.name] = {name: image_scores(clean, out) for name, out in methods.items()}
     if c.degrade:
       print(f'{task}, whole images: PSNR (dB) / SSIM against the originals')
-      for name, row in scores.items():
+      mean = {m: {k: float(np.mean([row[m][k] for row in scores.values()]))
+                  for k in ('psnr', 'ssim')} for m in methods}
+      for name, row in {**scores, 'mean': mean}.items():
         print(f'  {name}: ' + ', '.join(f'{m} {s["psnr"]:.2f} / {s["ssim"]:.3f}'
                                         for m, s in row.items()))
       with open(output / 'scores.json', 'w') as f:

@@ -1,0 +1,91 @@
+"""Every family's speed table in one run: each train step against its PyTorch peer at the same
+size, batch and dtype (alternating rounds, medians with min-max, our MFU against a matmul timed
+among the same rounds), headed by the machine and the versions that made it.
+
+  .venv/bin/python benchmarks/speed.py                        # all of them, ~10 min on 2 cores
+  .venv/bin/python benchmarks/speed.py --only=vit_s,detr --rounds=7
+
+Each benchmark runs in a process of its own, on one device (XLA_FLAGS cleared: no simulated
+devices), so no thread pool or memory carries over from the one before. The report goes to
+stdout and, section by section as each ends, to --out.
+"""
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from timing import cpu_name  # noqa: E402
+
+BENCHMARKS = {  # name: (script and its arguments, what it compares)
+    'vit_ti': (['vit_throughput.py', '--variant=Ti/16', '--batch=16'],
+               'ViT-Ti/16 vs Hugging Face ViT'),
+    'vit_s': (['vit_throughput.py', '--variant=S/16', '--batch=8'],
+              'ViT-S/16 vs Hugging Face ViT'),
+    'transformer': (['transformer_throughput.py'],
+                    'Transformer vs torch.nn.Transformer; cached vs uncached decoding'),
+    'detr': (['detr_throughput.py'],
+             'DETR and Deformable DETR vs Hugging Face; deformable sampling; matching'),
+}
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
+
+
+def cpu_fields():
+  """/proc/cpuinfo's first processor as {field: value} (empty where there is none)."""
+  fields = {}
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        fields.setdefault(key.strip(), value.strip())
+  return fields
+
+
+def machine():
+  """The header: date, CPU (model, family, the flags that decide matmul speed, cores),
+  versions."""
+  import jax
+  import torch
+  fields = cpu_fields()
+  flags = [f for f in CPU_FLAGS if f in fields.get('flags', '').split()]
+  return (f'{datetime.date.today().isoformat()}; {cpu_name()} (family '
+          f'{fields.get("cpu family", "?")} model {fields.get("model", "?")}), '
+          f'{os.cpu_count()} cores, flags: {", ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; '
+          f'jax {jax.__version__}, torch {torch.__version__}')
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--only', default=','.join(BENCHMARKS),
+                      help=f'comma-separated, of {", ".join(BENCHMARKS)}')
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--out', default=os.path.join(HERE, 'results', 'throughput.md'))
+  args = parser.parse_args()
+  names = args.only.split(',')
+  unknown = [n for n in names if n not in BENCHMARKS]
+  if unknown:
+    parser.error(f'unknown benchmark(s) {unknown}; expected some of {list(BENCHMARKS)}')
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  env = dict(os.environ, XLA_FLAGS='')
+  with open(args.out, 'w') as out:
+    def write(text):
+      print(text, flush=True)
+      out.write(text + '\n')
+      out.flush()
+    write(f'# Speed, side by side\n\n{machine()}\n')
+    for name in names:
+      script, what = BENCHMARKS[name]
+      command = [sys.executable, os.path.join(HERE, script[0]), *script[1:],
+                 f'--rounds={args.rounds}']
+      write(f'## {name}: {what}\n\n`{" ".join(["benchmarks/" + script[0], *command[2:]])}`\n')
+      result = subprocess.run(command, env=env, capture_output=True, text=True)
+      if result.returncode:
+        write(f'failed (exit {result.returncode}):\n```\n{result.stderr[-3000:]}\n```\n')
+      else:
+        write(result.stdout.strip() + '\n')
+
+
+if __name__ == '__main__':
+  main()
