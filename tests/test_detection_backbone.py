@@ -134,3 +134,12 @@ def test_an_attention_module_in_the_backbone_trains_and_starts_fresh_on_imagenet
       "model.backbone_attention 'sk' has BatchNorm inside, whose statistics a backbone with "
       "norm 'group_norm' does not train; expected one of ['cbam', 'danet', 'eca', 'gc', 'se'].")):
     tasks.get_task(config.task)(config, str(tmp_path)).model
+
+
+def test_a_config_saved_before_the_backbone_attention_keys_still_builds(tmp_path):
+  import ml_collections
+  saved = detr_config.get_config('tiny').to_dict()
+  for key in ('backbone_attention', 'backbone_attention_args', 'backbone_attention_stages'):
+    del saved['model'][key]
+  task = tasks.get_task('detection')(ml_collections.ConfigDict(saved), str(tmp_path))
+  assert task.model.backbone_attention is None and not task.model.backbone_attention_args

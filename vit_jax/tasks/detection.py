@@ -160,12 +160,13 @@ class DetectionTask(base.Task):
     if m['num_queries'] < c.max_boxes:
       raise errors.UserError(f'model.num_queries={m["num_queries"]} must be ≥ data.max_boxes='
                              f'{c.max_boxes}: every target needs a query.')
-    resnet.check_attention(m['backbone_attention'], m['backbone_norm'],
-                           key='model.backbone_attention')
+    # .get: a workdir trained before these keys existed still exports and resumes.
+    attention = m.get('backbone_attention')
+    resnet.check_attention(attention, m['backbone_norm'], key='model.backbone_attention')
     m['backbone_attention_args'] = resnet.attention_args(
-        m['backbone_attention'], m['backbone_attention_args'].to_dict(),
+        attention, dict(m.get('backbone_attention_args') or {}),
         key='model.backbone_attention_args')
-    if m['backbone_attention_stages'] is not None:
+    if m.get('backbone_attention_stages') is not None:
       m['backbone_attention_stages'] = tuple(m['backbone_attention_stages'])
     return self.model_class(num_classes=num_classes, **m,
                             compute=base.compute_options(self.config))
