@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -154,6 +155,11 @@ def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_pa
   with pytest.raises(errors.UserError, match=re.escape(
       'restore.overlap=12 must be in [0, 12): tiles are data.canvas pixels wide.')):
     train.run_command(config, str(tmp_path / 'run'), 'restore')
+  older = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != 'restore'})
+  with pytest.raises(errors.UserError, match=re.escape(
+      "This run's config predates --mode=restore (no config.restore); pass "
+      "--config=configs/ipt.py with the run's settings.")):
+    train.run_command(older, str(tmp_path / 'run'), 'restore')
 
   # Fine-tuning on one of its tasks and a new one: the body and sr2 load, sr3 starts fresh.
   config = tiny(**{'model.tasks': ('sr2', 'sr3'), 'pretrained.path': export})

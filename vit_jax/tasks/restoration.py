@@ -257,6 +257,9 @@ class RestorationTask(base.Task):
     <name>_<task>.png to restore.output (default <workdir>/restored). With restore.degrade
     the images are clean originals: each is degraded for the task first (restore.seed), and
     IPT and the classic baselines are scored against it (printed, and scores.json)."""
+    if 'restore' not in self.config:
+      raise errors.UserError('This run\'s config predates --mode=restore (no config.restore); '
+                             'pass --config=configs/ipt.py with the run\'s settings.')
     c = self.config.restore
     if not c.input:
       raise errors.UserError('--mode=restore needs --config.restore.input: an image file or a '
