@@ -84,3 +84,6 @@ def test_module_hyperparameters_are_checked_against_the_module():
   with pytest.raises(errors.UserError, match=re.escape(
       "model.attention_args sets ['reduction'], but no attention module is chosen.")):
     build('', reduction=8)
+  with pytest.raises(errors.UserError, match=r"Unknown model.block_attention 'senet'"):
+    tasks.get_task('cnn_classification')(tiny(**{'model.block_attention': 'senet'}),
+                                         None).model

@@ -81,16 +81,15 @@ AFTER_STAGES = {  # After the stages in model.attention_stages (default: the pap
     'danet': (sa.DualAttention, (4,)),  # Fu et al. 2019: on the last feature map.
     'bam': (sa.BAM, (1, 2, 3)),  # Park et al. 2018 §3: at each bottleneck between stages.
 }
-# 'sk' replaces each block's 3x3 convolution (a bottleneck's middle one, a basic block's
-# first); 'anl' fuses the last two stages (AFNB) and refines the result (APNB), as ANN.
-ATTENTION = tuple(IN_BLOCK) + tuple(AFTER_STAGES) + ('sk', 'anl')
+# Every module by name (its class holds its hyperparameters). 'sk' replaces each block's 3x3
+# convolution (a bottleneck's middle one, a basic block's first); 'anl' fuses the last two
+# stages (AFNB) and refines the result (APNB), as ANN.
+MODULES = {**IN_BLOCK, **{name: m for name, (m, _) in AFTER_STAGES.items()},
+           'sk': ca.SelectiveKernel, 'anl': sa.AFNB}
+ATTENTION = tuple(MODULES)
 # Modules with BatchNorm inside, as their papers have it: a ResNet without batch statistics
 # (frozen_bn or group_norm, the detection backbones) has none for them to train.
 WITH_BATCH_NORM = ('gsop', 'sk', 'bam', 'nonlocal', 'anl')
-
-
-MODULES = {**IN_BLOCK, **{name: m for name, (m, _) in AFTER_STAGES.items()},
-           'sk': ca.SelectiveKernel, 'anl': sa.AFNB}
 SET_BY_THE_BLOCK = ('parent', 'name', 'dtype', 'features', 'stride')
 
 

@@ -22,11 +22,11 @@ class CnnClassificationTask(classification.ClassificationTask):
     c = self.config.model
     backbone = resnet.decode_variant(c.variant)
     backbone.update({k: c[k] for k in BACKBONE_FIELDS})
+    resnet.check_attention(c.block_attention)
     backbone['attention_args'] = resnet.attention_args(c.block_attention,
                                                        c.attention_args.to_dict())
     if backbone['attention_stages'] is not None:
       backbone['attention_stages'] = tuple(backbone['attention_stages'])
-    resnet.check_attention(c.block_attention)
     return resnet.ResNetClassifier(c.num_classes, flax.core.FrozenDict(backbone, frozen_stages=-1),
                                    dtype=base.compute_options(self.config).dtype)
 
