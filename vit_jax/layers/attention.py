@@ -92,15 +92,12 @@ class MultiHeadAttention(nn.Module):
   Queries, keys and values come from separate inputs, so DETR can add positions to queries
   and keys but not to values. With `decode=True` keys and values are appended to a cache one
   step at a time (autoregressive decoding); call once with the full-length input to size it.
-  With `cache_memory=True` (cross-attention while decoding) the keys and values of the fixed
-  memory are projected once, in that sizing call, and read from the cache at every step.
   """
   num_heads: int
   qkv_features: Optional[int] = None
   out_features: Optional[int] = None
   dropout_rate: float = 0.0
   decode: bool = False
-  cache_memory: bool = False
   dtype: Any = jnp.float32
   implementation: str = 'fused'  # kernels.ATTENTION_IMPLS
   kernel_init: Any = nn.initializers.xavier_uniform()
@@ -125,8 +122,7 @@ class MultiHeadAttention(nn.Module):
     head_dim = features // self.num_heads
     # Which input each projection reads; inputs left out share the previous one.
     groups = [(inputs_q, ['query'])]
-    memory_cached = self.cache_memory and self.has_variable('cache', 'memory_key')
-    for name, given in () if memory_cached else (('key', inputs_k), ('value', inputs_v)):
+    for name, given in (('key', inputs_k), ('value', inputs_v)):
       if given is None:
         groups[-1][1].append(name)
       else:
@@ -141,12 +137,7 @@ class MultiHeadAttention(nn.Module):
       qkv = {name: project(x, weights[name]) for x, names in groups for name in names}
     else:
       qkv = kernels.fused_projections(groups, weights, self.dtype)
-    query = qkv['query']  # [B, L, H, Dh]
-    if self.cache_memory:  # The sizing call stores this memory's keys and values; steps read them.
-      key = self.variable('cache', 'memory_key', lambda: qkv['key']).value
-      value = self.variable('cache', 'memory_value', lambda: qkv['value']).value
-    else:
-      key, value = qkv['key'], qkv['value']
+    query, key, value = qkv['query'], qkv['key'], qkv['value']  # [B, L, H, Dh]
 
     if self.decode:
       key, value, mask = self._update_cache(key, value, mask)

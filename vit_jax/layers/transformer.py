@@ -104,18 +104,17 @@ class _Block(nn.Module):
   droppath_rate: float = 0.0  # This block's rate (in a scanned stack: replaced per call).
   deterministic: bool = True
   return_attention: bool = False
-  decode: bool = False  # Self-attention extends a key/value cache ('cache'); see DecoderBlock.
+  decode: bool = False  # Self-attention reads and extends a key/value cache ('cache').
 
   def norm(self, name):
     return nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.config.compute.dtype,
                         name=name)
 
-  def attention(self, name, decode=False, cache_memory=False):
+  def attention(self, name, decode=False):
     c = self.config
     return attention.MultiHeadAttention(
         c.num_heads, dropout_rate=c.attention_dropout_rate, decode=decode,
-        cache_memory=cache_memory, dtype=c.compute.dtype,
-        implementation=c.compute.attention_impl, name=name)
+        dtype=c.compute.dtype, implementation=c.compute.attention_impl, name=name)
 
   def residual(self, y, rate):
     """A branch's output before it is added back: dropout (§5.4), then stochastic depth."""
@@ -166,8 +165,7 @@ class DecoderBlock(_Block):
     rate = self.droppath_rate if droppath_rate is None else droppath_rate
     mlp = MlpBlock(self.config, self.deterministic, name='MlpBlock')
     self_attention = self.attention('SelfAttention', decode=self.decode)
-    # While decoding the memory is fixed: its keys and values are projected once, not per step.
-    cross_attention = self.attention('CrossAttention', cache_memory=self.decode)
+    cross_attention = self.attention('CrossAttention')
     self_branch = lambda y: self.attend(self_attention, y, query_pos, self_mask)
     cross_branch = lambda y: self.attend(cross_attention, y, query_pos, cross_mask, memory,
                                          memory_pos)

@@ -12,12 +12,11 @@ NEG_INF = -1e9
 
 
 def init_cache(model, params, memory, source, max_length):
-  """A cache sized for `max_length` target tokens, empty but for the cross-attention keys and
-  values of `memory` (projected by these parameters, once for the whole decoding)."""
+  """An empty cache sized for `max_length` target tokens."""
   decoder = model.clone(decode=True)
   dummy = jnp.zeros((source.shape[0], max_length), jnp.int32)
-  _, variables = decoder.apply({'params': params}, memory, source, dummy,
-                               method=decoder.decode_logits, mutable=['cache'])
+  variables = decoder.init(jax.random.key(0), memory, source, dummy,
+                           method=decoder.decode_logits)
   return decoder, variables['cache']
 
 
@@ -106,19 +105,13 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
   split = lambda x: x.reshape((batch, k) + x.shape[1:])  # [B*K, ...] → [B, K, ...]
 
   def gather_beams(tree, origin, stacked=False):
-    """Leaves [B*K, ...] (or [L, B*K, ...] when `stacked`) re-ordered by origin [B, K]. The
-    cached keys and values of the encoder memory are left as they are: every beam of a row
-    holds the same ones."""
+    """Leaves [B*K, ...] (or [L, B*K, ...] when `stacked`) re-ordered by origin [B, K]."""
     def gather(x):
+      if x.ndim == 0:
+        return x
       x = split(x)
       return x[jnp.arange(batch)[:, None], origin].reshape((batch * k,) + x.shape[2:])
-
-    def maybe_gather(path, x):
-      memory = jax.tree_util.keystr(path).endswith(("['memory_key']", "['memory_value']"))
-      if x.ndim == 0 or memory:
-        return x
-      return (jax.vmap(gather) if stacked else gather)(x)
-    return jax.tree_util.tree_map_with_path(maybe_gather, tree)
+    return jax.tree.map(jax.vmap(gather) if stacked else gather, tree)
 
   def keep_best(scores, best, *trees):  # Each leaf [B, N, ...] → its `best` [B, K] entries.
     pick = lambda x: jnp.take_along_axis(x, best.reshape(best.shape + (1,) * (x.ndim - 2)), 1)
