@@ -17,6 +17,7 @@ import optax
 import scipy.linalg
 import tqdm
 
+from vit_jax import compiling
 from vit_jax import losses
 from vit_jax import pretrained
 
@@ -55,7 +56,7 @@ def train(images, labels, num_classes, *, width=16, steps=500, batch_size=64,
   with a cosine decay, on random shifts of random batches. → its parameters."""
   model = Classifier(num_classes, width)
   rng = np.random.default_rng(seed)
-  params = model.init(jax.random.key(seed), images[:1])['params']
+  params = compiling.run_once(model.init, jax.random.key(seed), images[:1])['params']
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
   opt_state = tx.init(params)
 

@@ -10,6 +10,7 @@ import numpy as np
 import sacrebleu
 import tqdm
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax.data import pipeline
@@ -246,9 +247,9 @@ class TranslationTask(base.Task):
     eval_source = self.sources[1]
     examples = [eval_source[i] for i in range(min(num_examples, len(eval_source)))]
     source = np.stack([encode.eval(e)['source'] for e in examples])
-    tokens, _, attention = decoding.greedy(
-        self.model, params, source, max_length=self.config.data.max_target_length,
-        bos_id=tokenizers.BOS, eos_id=tokenizers.EOS, pad_id=tokenizers.PAD)
+    tokens, _, attention = compiling.run_once(lambda p, s: decoding.greedy(
+        self.model, p, s, max_length=self.config.data.max_target_length,
+        bos_id=tokenizers.BOS, eos_id=tokenizers.EOS, pad_id=tokenizers.PAD), params, source)
     weights = np.asarray(attention)[:, :, -1].mean(axis=2)  # [B, T, S]
     panels = [(self.tokenizer.pieces(s), self.tokenizer.pieces(t), w)
               for s, t, w in zip(source, np.asarray(tokens), weights)]
