@@ -12,7 +12,7 @@ def setup():
                                   num_heads=4, dropout_rate=0.0, max_length=32)
   source = np.random.default_rng(0).integers(3, 19, (3, 6))
   source[2, 3:] = 0
-  params = model.init(jax.random.key(1), source, source)['params']
+  params = jax.jit(model.init)(jax.random.key(1), source, source)['params']
   return model, params, source
 
 
@@ -31,8 +31,8 @@ def test_cached_greedy_equals_uncached():
 
 def test_beam_size_one_equals_greedy():
   model, params, source = setup()
-  tokens, scores, attention = decoding.greedy(model, params, source, max_length=8, bos_id=BOS,
-                                              eos_id=EOS)
+  tokens, scores, attention = jax.jit(lambda p, s: decoding.greedy(
+      model, p, s, max_length=8, bos_id=BOS, eos_id=EOS))(params, source)
   beams, beam_scores, beam_attention = jax.jit(lambda p, s: decoding.beam_search(
       model, p, s, beam_size=1, max_length=8, bos_id=BOS, eos_id=EOS, alpha=0.0,
       return_attention=True))(params, source)
@@ -45,12 +45,14 @@ def test_beam_attention_follows_its_beam():
   """Each returned beam's cross-attention is the one the decoder computes for that beam's
   tokens under teacher forcing."""
   model, params, source = setup()
-  beams, _, attention = decoding.beam_search(model, params, source, beam_size=3, max_length=6,
-                                             bos_id=BOS, eos_id=EOS, return_attention=True)
+  beams, _, attention = jax.jit(lambda p, s: decoding.beam_search(
+      model, p, s, beam_size=3, max_length=6, bos_id=BOS, eos_id=EOS,
+      return_attention=True))(params, source)
+  forward = jax.jit(lambda p, s, t: model.apply({'params': p}, s, t, return_attention=True))
   assert attention.shape == (3, 3, 6, 2, 4, 6)
   for k in range(3):
     target_in = np.concatenate([np.full((3, 1), BOS), np.asarray(beams[:, k, :-1])], axis=1)
-    _, aux = model.apply({'params': params}, source, target_in, return_attention=True)
+    _, aux = forward(params, source, target_in)
     forced = np.stack([layer['cross'] for layer in aux['decoder']['attention']], axis=2)
     for row in range(3):  # Compare up to and including EOS.
       length = next((i + 1 for i, t in enumerate(beams[row, k]) if t == EOS), 6)
@@ -64,11 +66,11 @@ def test_wide_beam_finds_the_exact_optimum():
   model = transformer.Transformer(vocab_size=vocab, num_layers=1, hidden_size=16, mlp_dim=32,
                                   num_heads=2, dropout_rate=0.0, max_length=8)
   source = np.array([[3, 4, 3, 0], [4, 4, 3, 3]])
-  params = model.init(jax.random.key(3), source, source)['params']
+  params = jax.jit(model.init)(jax.random.key(3), source, source)['params']
   params['embedding']['embedding'] = params['embedding']['embedding'] * 8.0  # Peakier.
-  beams, scores, _ = decoding.beam_search(model, params, source, beam_size=vocab ** 2,
-                                       max_length=max_length, bos_id=BOS, eos_id=EOS,
-                                       alpha=alpha)
+  beams, scores, _ = jax.jit(lambda p, s: decoding.beam_search(
+      model, p, s, beam_size=vocab ** 2, max_length=max_length, bos_id=BOS, eos_id=EOS,
+      alpha=alpha))(params, source)
   # Brute force over every sequence of non-pad tokens, cut at the first EOS.
   import itertools
   candidates = set()
@@ -80,8 +82,8 @@ def test_wide_beam_finds_the_exact_optimum():
   # sequence (token 3) changes nothing that is summed.
   target_in = np.array([[BOS, *seq[:-1]] + [3] * (max_length - len(seq)) for seq in candidates])
   for row in range(2):
-    logits, _ = model.apply({'params': params}, np.repeat(source[row:row + 1], len(candidates), 0),
-                            target_in)
+    logits, _ = jax.jit(model.apply)({'params': params},
+                                     np.repeat(source[row:row + 1], len(candidates), 0), target_in)
     logp = np.asarray(jax.nn.log_softmax(logits.at[:, :, 0].set(decoding.NEG_INF)))
     best = max(sum(logp[n, i, t] for i, t in enumerate(seq)) /
                decoding.length_penalty(len(seq), alpha) for n, seq in enumerate(candidates))

@@ -94,12 +94,13 @@ def stage1_batch():
 def test_each_player_gets_only_its_own_gradient(stage1_batch):
   task, params, batch, frozen = stage1_batch
   task.config.loss.disc_start = 0
-  grads = jax.grad(lambda p: task.loss_fn(p, batch, None, frozen)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, None, frozen)[0]))(params)
   _, features, _ = task.model.apply({'params': params['autoencoder']}, batch['image'])
   images = task.model.apply({'params': params['autoencoder']}, features,
                             method=vqgan.VQAutoencoder.pixels)
   stats = params['batch_stats']['discriminator']
 
+  @jax.jit
   def hinge(d_params):
     real, new = task._discriminate(d_params, stats, batch['image'])
     fake, _ = task._discriminate(d_params, new, images)
@@ -130,7 +131,8 @@ def test_the_adaptive_weight_uses_the_whole_models_last_layer_gradients(stage1_b
     return -fake.mean()
 
   kernel = params['autoencoder']['to_pixels']['kernel']
-  g_rec, g_adv = (jax.grad(term)(kernel, w) for w in ('reconstruction', 'adversarial'))
+  g_rec, g_adv = (jax.jit(jax.grad(term), static_argnums=1)(kernel, w)
+                  for w in ('reconstruction', 'adversarial'))
   expected = np.linalg.norm(g_rec) / (np.linalg.norm(g_adv) + 1e-4)
   assert float(terms['adaptive_weight']) == pytest.approx(expected, rel=1e-4)
   task.config.loss.disc_start = 10  # Before the start, no adversarial terms.

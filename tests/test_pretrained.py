@@ -10,8 +10,8 @@ from vit_jax.models import vit
 
 def init(image_size=8, num_classes=5, **kw):
   model = vit.VisionTransformer(num_classes=num_classes, **{**vit.decode_variant('mu/2'), **kw})
-  return jax.device_get(model.init(jax.random.key(1), jnp.ones((1, image_size, image_size, 1))))[
-      'params']
+  return jax.device_get(jax.jit(model.init)(jax.random.key(1),
+                                            jnp.ones((1, image_size, image_size, 1))))['params']
 
 
 def test_export_roundtrip_uses_published_keys(tmp_path):
@@ -168,7 +168,7 @@ def test_linen_and_big_vision_checkpoints_load_and_compute_the_same(tmp_path, la
                                                                    posemb):
   reference = ReferenceViT(layout, pool, posemb)
   images = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
-  params = reference.init(jax.random.key(1), images)['params']
+  params = jax.jit(reference.init)(jax.random.key(1), images)['params']
   params = jax.tree.map(  # Non-zero biases and LayerNorm parameters: every one matters.
       lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape), params)
   flat = pretrained.load_npz(pretrained.save_npz(params, str(tmp_path / 'ref.npz')))
@@ -178,10 +178,10 @@ def test_linen_and_big_vision_checkpoints_load_and_compute_the_same(tmp_path, la
   ours = vit.VisionTransformer(num_classes=5, patch_size=2, hidden_size=32, num_layers=2,
                                num_heads=2, mlp_dim=64, classifier=classifier, posemb=posemb,
                                activation='gelu_tanh')
-  fresh = ours.init(jax.random.key(2), images)['params']
+  fresh = jax.jit(ours.init)(jax.random.key(2), images)['params']
   loaded = pretrained.load_vit(fresh, flat, grid=(4, 4), reset_head=False)
-  np.testing.assert_allclose(ours.apply({'params': loaded}, images)[0],
-                             reference.apply({'params': params}, images), atol=2e-5)
+  np.testing.assert_allclose(jax.jit(ours.apply)({'params': loaded}, images)[0],
+                             jax.jit(reference.apply)({'params': params}, images), atol=2e-5)
   # Export writes the published layout, which loads back unchanged.
   again = pretrained.load_npz(pretrained.save_npz(loaded, str(tmp_path / 'ours.npz')))
   assert not any('MlpBlock_0' in k for k in again if k.startswith('Transformer/'))

@@ -76,12 +76,12 @@ def test_scanned_decoder_decodes_like_the_loop():
                 for s in (False, True))
   source = np.random.default_rng(0).integers(3, 19, (3, 6))
   source[2, 3:] = 0
-  params = loop.init(jax.random.key(1), source, source)['params']
+  params = jax.jit(loop.init)(jax.random.key(1), source, source)['params']
   args = dict(max_length=8, bos_id=1, eos_id=2)
   for search in (decoding.greedy,
                  lambda *a, **k: decoding.beam_search(*a, **k, beam_size=3,
                                                       return_attention=True)):
-    expected = search(loop, params, source, **args)
+    expected = jax.jit(lambda p, s: search(loop, p, s, **args))(params, source)
     got = jax.jit(lambda p, s: search(scan, p, s, **args))(stacked(params), source)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1], atol=1e-4)

@@ -9,6 +9,7 @@ import pytest
 from configs import transformer as transformer_config
 from helpers import with_devices
 from vit_jax import checkpoint
+from vit_jax import compiling
 from vit_jax import train
 from vit_jax.data import tokenizers
 from vit_jax.data import translation
@@ -159,12 +160,12 @@ def test_loss_is_normalised_by_real_target_tokens():
   batch = {'source': np.array([[5, 6, 0], [5, 0, 0]]),
            'target_in': np.array([[1, 7, 8], [1, 0, 0]]),
            'target_out': np.array([[7, 8, 2], [2, 0, 0]])}
-  params = task.init(jax.random.key(0), batch)
-  logits, _ = task.model.apply({'params': params}, batch['source'], batch['target_in'])
+  params = compiling.run_once(task.init, jax.random.key(0), batch)
+  logits, _ = jax.jit(task.model.apply)({'params': params}, batch['source'], batch['target_in'])
   logp = jax.nn.log_softmax(logits)
   real = [(0, 0, 7), (0, 1, 8), (0, 2, 2), (1, 0, 2)]
   expected = -np.mean([logp[b, t, y] for b, t, y in real])
-  loss, _ = task.loss_fn(params, batch, jax.random.key(1))
+  loss, _ = compiling.run_once(task.loss_fn, params, batch, jax.random.key(1))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
@@ -258,7 +259,8 @@ def test_packed_rows_give_the_same_loss_as_one_pair_a_row():
   packed_batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
   plain_batch = {k: np.stack([encode(pairs[i])[k] for i in range(12)])
                  for k in ('source', 'target_in', 'target_out')}
-  params = task.init(jax.random.key(0), plain_batch)
-  plain, _ = task.loss_fn(params, plain_batch, jax.random.key(1))
-  packed_loss, _ = packed_task.loss_fn(params, packed_batch, jax.random.key(1))
+  params = compiling.run_once(task.init, jax.random.key(0), plain_batch)
+  plain, _ = compiling.run_once(task.loss_fn, params, plain_batch, jax.random.key(1))
+  packed_loss, _ = compiling.run_once(packed_task.loss_fn, params, packed_batch,
+                                      jax.random.key(1))
   np.testing.assert_allclose(packed_loss, plain, rtol=1e-5)

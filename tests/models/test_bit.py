@@ -106,13 +106,14 @@ def test_hybrid_finetunes_at_a_new_resolution(tmp_path):
   # A two-stage hybrid (stride 8) keeps it quick; the published ones differ only in depth.
   model = vit.VisionTransformer(num_classes=3, **vit.WIDTHS['mu'], patch_size=1,
                                 resnet_layers=(1, 1), resnet_width_factor=0.5)
-  source = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])
+  init = jax.jit(model.init)  # Jitted: op by op compiles far more.
+  source = jax.device_get(init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])
   path = pretrained.save_npz(source, str(tmp_path / 'hybrid.npz'))
-  target = model.init(jax.random.key(1), jnp.zeros((1, 48, 48, 3)))['params']
+  target = init(jax.random.key(1), jnp.zeros((1, 48, 48, 3)))['params']
   out = pretrained.load_vit(target, pretrained.load_npz(path), model.token_grid(48, 48),
                             reset_head=False)
   assert out['Transformer']['posembed_input']['pos_embedding'].shape == (1, 37, 32)  # 6x6 + 1.
   np.testing.assert_array_equal(out['block2']['unit1']['conv2']['kernel'],
                                 source['block2']['unit1']['conv2']['kernel'])
-  logits, _ = model.apply({'params': out}, jnp.ones((2, 48, 48, 3)))
+  logits, _ = jax.jit(model.apply)({'params': out}, jnp.ones((2, 48, 48, 3)))
   assert logits.shape == (2, 3) and np.isfinite(logits).all()

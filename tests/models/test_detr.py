@@ -143,7 +143,7 @@ def both_forward(hf, model, params, image, mask, labels):
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), image, mask)['params'])
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), params, expected)
-  return out, model.apply({'params': params}, image, mask)[0]
+  return out, jax.jit(model.apply)({'params': params}, image, mask)[0]  # Op by op: slower.
 
 
 def test_parity_with_hugging_face_detr_outputs_and_loss():
@@ -154,8 +154,9 @@ def test_parity_with_hugging_face_detr_outputs_and_loss():
   np.testing.assert_allclose(outputs['logits'][-1], out.logits.numpy(), atol=1e-4)
   np.testing.assert_allclose(outputs['boxes'][-1], out.pred_boxes.numpy(), atol=1e-4)
   for matcher in ('scipy', 'device'):
-    loss, _ = detection.set_criterion(jax.tree.map(lambda x: x[-1:], outputs), targets,
-                                      num_classes=3, matcher=matcher)
+    criterion = jax.jit(lambda o, t: detection.set_criterion(o, t, num_classes=3,
+                                                             matcher=matcher)[0])
+    loss = criterion(jax.tree.map(lambda x: x[-1:], outputs), targets)
     np.testing.assert_allclose(loss, out.loss.item(), rtol=1e-4)
 
 
@@ -165,16 +166,17 @@ def test_more_padding_gives_the_same_predictions():
   the image border do see the padding, in the reference DETR as here.)"""
   model = ours()
   image, mask = images(1)
-  params = model.init(jax.random.key(0), image, mask)['params']
+  params = jax.jit(model.init)(jax.random.key(0), image, mask)['params']
+  detect = jax.jit(lambda *args: model.apply({'params': params}, *args, method=model.detect))
   features = np.random.default_rng(2).normal(size=(2, 3, 4, 128)).astype(np.float32)
   feature_mask = np.ones((2, 3, 4), bool)
   feature_mask[1, 2:] = feature_mask[1, :, 3:] = False
-  small, _ = model.apply({'params': params}, features, feature_mask, method=model.detect)
+  small, _ = detect(features, feature_mask)
   big = np.random.default_rng(3).normal(size=(2, 5, 7, 128)).astype(np.float32) * 10
   big[:, :3, :4] = features
   big_mask = np.zeros((2, 5, 7), bool)
   big_mask[:, :3, :4] = feature_mask
-  large, _ = model.apply({'params': params}, big, big_mask, method=model.detect)
+  large, _ = detect(big, big_mask)
   np.testing.assert_allclose(small['logits'], large['logits'], atol=1e-4)
   np.testing.assert_allclose(small['boxes'], large['boxes'], atol=1e-5)
 
@@ -208,13 +210,14 @@ def test_pre_norm_detr_is_the_official_forward_pre():
                     num_heads=4, num_encoder_layers=2, num_decoder_layers=2, mlp_dim=64,
                     dropout_rate=0.0, norm_first=True)
   image, mask = images(1)
-  params = jax.device_get(model.init(jax.random.key(0), image, mask)['params'])
+  params = jax.device_get(jax.jit(model.init)(jax.random.key(0), image, mask)['params'])
   params = jax.tree.map(lambda a: np.asarray(a, np.float64) + np.random.default_rng(a.size).normal(
       size=a.shape) * 0.1, params)  # LayerNorms and biases away from 1 and 0.
   features = np.random.default_rng(2).normal(size=(2, 3, 4, 128)).astype(np.float32)
   feature_mask = np.ones((2, 3, 4), bool)
   feature_mask[1, 2:] = feature_mask[1, :, 3:] = False
-  outputs, _ = model.apply({'params': params}, features, feature_mask, method=model.detect)
+  outputs, _ = jax.jit(lambda *args: model.apply(*args, method=model.detect))(
+      {'params': params}, features, feature_mask)
   pos = np.asarray(posemb.sine_2d(feature_mask, 16), np.float64).reshape(2, 12, 32)
   enc, dec = params['encoder'], params['decoder']
   for b in range(2):
@@ -251,8 +254,8 @@ def test_backbone_variants_and_dilation():
   shapes = jax.eval_shape(lambda: net.apply(net.init(jax.random.key(0), x), x))
   assert shapes['stage4'].shape == (1, 4, 4, 2048)  # DC5: stride 16.
   net = resnet.ResNet(**resnet.decode_variant('resnet50'), dilation=2)
-  variables = net.init(jax.random.key(0), x)
-  shapes = jax.eval_shape(lambda: net.apply(variables, x))
+  variables = jax.eval_shape(net.init, jax.random.key(0), x)
+  shapes = jax.eval_shape(net.apply, variables, x)
   assert shapes['stage3'].shape == (1, 8, 8, 1024) and shapes['stage4'].shape == (1, 8, 8, 2048)
   # torchvision's replace_stride_with_dilation=[False, True, True]: the 3x3 convolutions of
   # stage 3 at rate 2 (its first block at 1), of stage 4 at 4 (its first block at 2).

@@ -12,8 +12,8 @@ def params_of(block_attention, **kw):
   model = resnet.ResNet(**TINY, stem='small', norm='batch_norm', frozen_stages=-1,
                         block_attention=block_attention, **kw)
   image = np.zeros((2, 16, 16, 1), np.float32)
-  variables = model.init(jax.random.key(0), image)
-  features = model.apply(variables, image)
+  variables = jax.eval_shape(model.init, jax.random.key(0), image)  # Where, not what: the
+  features = jax.eval_shape(model.apply, variables, image)  # numerics are test_cnn_attention's.
   return variables['params'], {k: v.shape for k, v in features.items()}
 
 

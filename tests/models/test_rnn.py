@@ -78,21 +78,28 @@ def make(attention_kind, cell='gru', **kw):
   target_in = jnp.array([[1, 5, 6, 7, 8], [1, 4, 4, 9, 0]])
   # Not key 0: decoding sizes its cache with an init call from key 0, whose parameters must
   # not leak into the decoded carry.
-  params = model.init(jax.random.key(7), source, target_in)['params']
+  params = jax.jit(model.init)(jax.random.key(7), source, target_in)['params']
   return model, params, source, target_in
+
+
+def forward(model):
+  """The teacher-forced pass with attention, jitted (op by op compiles far more)."""
+  return jax.jit(lambda v, s, t: model.apply(v, s, t, return_attention=True))
 
 
 @pytest.mark.parametrize('attention_kind,cell', [(a, 'gru') for a in ATTENTIONS] +
                          [('luong_general', 'lstm'), ('bahdanau', 'lstm')])
 def test_one_step_decoding_equals_teacher_forcing(attention_kind, cell):
   model, params, source, target_in = make(attention_kind, cell)
-  forced, aux = model.apply({'params': params}, source, target_in, return_attention=True)
-  memory, _ = model.apply({'params': params}, source, method=model.encode)
+  forced, aux = forward(model)({'params': params}, source, target_in)
+  memory, _ = jax.jit(lambda v, s: model.apply(v, s, method=model.encode))(
+      {'params': params}, source)
   decoder, cache = decoding.init_cache(model, params, memory, source, target_in.shape[1])
+  step = jax.jit(lambda v, previous: decoder.apply(
+      v, memory, source, previous, method=decoder.decode_logits, mutable=['cache'],
+      return_attention=True))
   for t in range(target_in.shape[1]):
-    (logits, step_aux), updated = decoder.apply(
-        {'params': params, 'cache': cache}, memory, source, target_in[:, t:t + 1],
-        method=decoder.decode_logits, mutable=['cache'], return_attention=True)
+    (logits, step_aux), updated = step({'params': params, 'cache': cache}, target_in[:, t:t + 1])
     cache = updated['cache']
     np.testing.assert_allclose(logits[:, 0], forced[:, t], atol=1e-5, err_msg=f'step {t}')
     np.testing.assert_allclose(step_aux['attention'][0]['cross'][:, 0, 0],
@@ -102,24 +109,27 @@ def test_one_step_decoding_equals_teacher_forcing(attention_kind, cell):
 @pytest.mark.parametrize('attention_kind', ['bahdanau', 'luong_dot', 'luong_concat'])
 def test_padded_source_positions_get_no_attention_and_change_nothing(attention_kind):
   model, params, source, target_in = make(attention_kind)
-  logits, aux = model.apply({'params': params}, source, target_in, return_attention=True)
+  logits, aux = forward(model)({'params': params}, source, target_in)
   weights = aux['attention'][0]['cross'][:, 0]  # [B, T, S]
   np.testing.assert_array_equal(weights[0, :, 4:], 0.0)  # Row 0 is padded after 4 tokens.
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
   # Padding changes nothing: row 0 alone, unpadded, gives the same logits.
-  alone, _ = model.apply({'params': params}, source[:1, :4], target_in[:1])
+  alone, _ = forward(model)({'params': params}, source[:1, :4], target_in[:1])
   np.testing.assert_allclose(alone, logits[:1], atol=1e-5)
 
 
 def test_beam_of_one_is_greedy_and_beams_decode():
   model, params, source, _ = make('bahdanau')
   kw = dict(max_length=6, bos_id=1, eos_id=2, pad_id=0)
-  greedy, greedy_scores, attention_maps = decoding.greedy(model, params, source, **kw)
+  greedy, greedy_scores, attention_maps = jax.jit(
+      lambda p, s: decoding.greedy(model, p, s, **kw))(params, source)
   assert attention_maps.shape == (2, 6, 1, 1, 6)
-  beams, scores, _ = decoding.beam_search(model, params, source, beam_size=1, alpha=0.0, **kw)
+  beam = jax.jit(lambda p, s, size, alpha: decoding.beam_search(
+      model, p, s, beam_size=size, alpha=alpha, **kw), static_argnums=(2, 3))
+  beams, scores, _ = beam(params, source, 1, 0.0)
   np.testing.assert_array_equal(beams[:, 0], greedy)
   np.testing.assert_allclose(scores[:, 0], greedy_scores, rtol=1e-5)
-  beams, scores, _ = decoding.beam_search(model, params, source, beam_size=3, **kw)
+  beams, scores, _ = beam(params, source, 3, 0.6)
   assert beams.shape == (2, 3, 6) and np.all(np.diff(scores, axis=1) <= 1e-6)
 
 

@@ -24,16 +24,17 @@ def tokens(seed, shape, lengths):
 def test_masked_future_and_padding_change_nothing():
   model = tiny_model()
   src, tgt = tokens(0, (2, 7), [7, 4]), tokens(1, (2, 6), [6, 6])
-  params = model.init(jax.random.key(0), src, tgt)
-  logits, _ = model.apply(params, src, tgt)
+  params = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  apply = jax.jit(model.apply)  # Op by op compiles far more.
+  logits, _ = apply(params, src, tgt)
   future = tgt.copy()
   future[:, 3:] = 5
   padded = src.copy()
   padded[1, 4:] = PAD  # Already padding; extend the source with more padding columns.
   padded = np.concatenate([padded, np.zeros((2, 3), int)], axis=1)
-  logits2, _ = model.apply(params, src, future)
+  logits2, _ = apply(params, src, future)
   np.testing.assert_allclose(np.asarray(logits)[:, :3], np.asarray(logits2)[:, :3], atol=1e-5)
-  logits3, _ = model.apply(params, padded, tgt)
+  logits3, _ = apply(params, padded, tgt)
   np.testing.assert_allclose(np.asarray(logits)[1], np.asarray(logits3)[1], atol=1e-5)
 
 
@@ -86,12 +87,12 @@ def test_parity_with_torch_nn_transformer(norm_first):
       p.normal_(0.0, 0.3)
   model = tiny_model(norm_first=norm_first, final_norm=True)
   src, tgt = tokens(2, (3, 9), [9, 5, 2]), tokens(3, (3, 7), [7, 7, 3])
-  params = jax.device_get(model.init(jax.random.key(0), src, tgt))['params']
+  params = jax.device_get(jax.jit(model.init)(jax.random.key(0), src, tgt))['params']
   encoder, decoder = port_from_torch(reference.state_dict(), 2, 4)
   assert jax.tree.map(np.shape, encoder) == jax.tree.map(np.shape, params['encoder'])
   assert jax.tree.map(np.shape, decoder) == jax.tree.map(np.shape, params['decoder'])
   params = dict(params, encoder=encoder, decoder=decoder)
-  logits, _ = model.apply({'params': params}, src, tgt)
+  logits, _ = jax.jit(model.apply)({'params': params}, src, tgt)
 
   # The reference gets the same embedded inputs (√d-scaled shared table + sinusoids).
   table = params['embedding']['embedding']

@@ -19,13 +19,14 @@ def images(b=2, size=32, seed=0):
 def test_autoencoder_shapes_and_decoding_the_indices_gives_the_reconstruction():
   model = vqgan.VQAutoencoder(**TINY)
   x = images()
-  variables = model.init(jax.random.key(0), x)
-  recon, features, aux = model.apply(variables, x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)  # Jitted: op by op compiles far more.
+  recon, features, aux = jax.jit(model.apply)(variables, x)
   assert recon.shape == x.shape and features.shape == (2, 32, 32, 16)
   assert aux['indices'].shape == (2, 8, 8)  # Two halvings: f = 4.
   assert int(aux['counts'].sum()) == 2 * 8 * 8
-  np.testing.assert_allclose(model.apply(variables, aux['indices'], method='decode_indices'),
-                             recon, atol=1e-4)  # z + sg(e − z) rounds.
+  decoded = jax.jit(lambda v, i: model.apply(v, i, method='decode_indices'))(
+      variables, aux['indices'])
+  np.testing.assert_allclose(decoded, recon, atol=1e-4)  # z + sg(e − z) rounds.
   names = set(variables['params'])
   assert names == {'encoder', 'quant_conv', 'quantizer', 'post_quant_conv', 'decoder',
                    'to_pixels'}
@@ -36,8 +37,9 @@ def test_autoencoder_shapes_and_decoding_the_indices_gives_the_reconstruction():
 def test_the_reconstruction_loss_reaches_the_encoder_through_the_codes():
   model = vqgan.VQAutoencoder(**TINY)
   x = images()
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
 
+  @jax.jit
   def l1(params):
     recon, _, _ = model.apply({'params': params}, x)
     return jnp.abs(recon - x).mean()
@@ -134,25 +136,27 @@ def tiny_prior(num_classes=3):
                       num_layers=2, num_heads=2, mlp_dim=32)
   codes = np.random.default_rng(0).integers(0, 11, (2, 6))
   labels = np.array([0, 2])
-  return prior, prior.init(jax.random.key(0), codes, labels)['params'], codes, labels
+  return prior, jax.jit(prior.init)(jax.random.key(0), codes, labels)['params'], codes, labels
 
 
 def test_cached_steps_give_the_teacher_forced_logits():
   prior, params, codes, labels = tiny_prior()
-  full = prior.apply({'params': params}, codes, labels)
+  forward = jax.jit(prior.apply)  # Jitted: op by op compiles far more.
+  full = forward({'params': params}, codes, labels)
   assert full.shape == (2, 6, 11)
   decoder = prior.clone(decode=True)
-  cache = decoder.init(jax.random.key(0), codes, labels)['cache']
+  cache = jax.jit(decoder.init)(jax.random.key(0), codes, labels)['cache']
+  next_logits = jax.jit(lambda v, previous, t: decoder.apply(
+      v, previous, labels, t, method=decoder.next_logits, mutable=['cache']))
   previous = np.zeros(2, np.int64)
   for t in range(6):
-    step, updated = decoder.apply({'params': params, 'cache': cache}, previous, labels, t,
-                                  method=decoder.next_logits, mutable=['cache'])
+    step, updated = next_logits({'params': params, 'cache': cache}, previous, t)
     np.testing.assert_allclose(step, full[:, t], atol=1e-5)
     cache, previous = updated['cache'], codes[:, t]
   # Causal: changing a later code leaves the earlier positions' logits alone.
   changed = codes.copy()
   changed[:, 4] = (changed[:, 4] + 1) % 11
-  again = prior.apply({'params': params}, changed, labels)
+  again = forward({'params': params}, changed, labels)
   np.testing.assert_allclose(again[:, :5], full[:, :5], atol=1e-6)
   assert not np.allclose(again[:, 5], full[:, 5])
 
