@@ -136,11 +136,12 @@ def test_focal_set_loss_matches_hugging_face():
       num_encoder_layers=1, num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0,
       encoder_points=2, decoder_points=2)
   outputs, _ = jax.jit(model.apply)({'params': port(hf, False)}, image, mask)  # Op by op: slower.
+  criteria = {matcher: jax.jit(functools.partial(  # One compile per matcher, for both layers.
+      detection.set_criterion, num_classes=3, class_weight=2.0, matcher=matcher,
+      focal=(0.25, 2.0))) for matcher in ('scipy', 'device')}
   for layer, suffix in ((1, ''), (0, '_0')):  # The last layer, then the auxiliary one.
-    for matcher in ('scipy', 'device'):
-      _, terms = jax.jit(functools.partial(
-          detection.set_criterion, num_classes=3, class_weight=2.0, matcher=matcher,
-          focal=(0.25, 2.0)))(jax.tree.map(lambda x: x[layer:layer + 1], outputs), targets)
+    for matcher, criterion in criteria.items():
+      _, terms = criterion(jax.tree.map(lambda x: x[layer:layer + 1], outputs), targets)
       for ours, theirs in (('loss_ce', 'loss_ce'), ('loss_bbox', 'loss_bbox'),
                            ('loss_giou', 'loss_giou')):
         np.testing.assert_allclose(terms[ours], out.loss_dict[theirs + suffix].item(),

@@ -109,12 +109,13 @@ def test_one_step_decoding_equals_teacher_forcing(attention_kind, cell):
 @pytest.mark.parametrize('attention_kind', ['bahdanau', 'luong_dot', 'luong_concat'])
 def test_padded_source_positions_get_no_attention_and_change_nothing(attention_kind):
   model, params, source, target_in = make(attention_kind)
-  logits, aux = forward(model)({'params': params}, source, target_in)
+  apply = forward(model)
+  logits, aux = apply({'params': params}, source, target_in)
   weights = aux['attention'][0]['cross'][:, 0]  # [B, T, S]
   np.testing.assert_array_equal(weights[0, :, 4:], 0.0)  # Row 0 is padded after 4 tokens.
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
   # Padding changes nothing: row 0 alone, unpadded, gives the same logits.
-  alone, _ = forward(model)({'params': params}, source[:1, :4], target_in[:1])
+  alone, _ = apply({'params': params}, source[:1, :4], target_in[:1])
   np.testing.assert_allclose(alone, logits[:1], atol=1e-5)
 
 
