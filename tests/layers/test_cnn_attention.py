@@ -258,6 +258,19 @@ def test_adaptive_pooling_matches_pytorch():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
+def test_max_pools_give_the_max_and_its_whole_gradient_to_the_first_maximal_element():
+  x = feature_map((2, 3, 4, 5))
+  x[0, 1, 2, 3] = x[0, 2, 0, 3] = x[0].max() + 1  # A tie: the first in (h, w) order wins.
+  x = jnp.asarray(x)
+  np.testing.assert_array_equal(conv_lib.global_max_pool(x), x.max(axis=(1, 2)))
+  np.testing.assert_array_equal(conv_lib.max_over(x, -1), x.max(-1, keepdims=True))
+  grad = jax.jit(jax.grad(lambda x: conv_lib.global_max_pool(x).sum()))(x)
+  expected = (np.arange(12)[None, :, None] == np.argmax(
+      np.asarray(x).reshape(2, 12, 5), axis=1)[:, None]).reshape(2, 3, 4, 5)
+  np.testing.assert_array_equal(grad, expected)
+  assert grad[0, 1, 2, 3] == 1 and grad[0, 2, 0, 3] == 0
+
+
 @pytest.mark.parametrize('module', [ca.GlobalContext(), sa.NonLocal(), sa.DualAttention()],
                          ids=['gc', 'nonlocal', 'danet'])
 def test_zero_initialised_blocks_start_as_the_identity(module):

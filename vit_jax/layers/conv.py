@@ -32,6 +32,20 @@ def global_avg_pool(x):
   return x.astype(jnp.float32).mean(axis=(1, 2)).astype(x.dtype)
 
 
+def max_over(x, axis):
+  """x.max(axis, keepdims=True) with its gradient to the first maximal element. jnp.max's
+  gradient divides among the elements equal to the max as recomputed in the backward pass;
+  compiled without XLA's optimisations that recomputation can match none of them, and 0/0
+  made CBAM's gradients NaN (the tiny ResNet on digits, step 3)."""
+  return jnp.take_along_axis(x, jnp.argmax(x, axis=axis, keepdims=True), axis=axis)
+
+
+def global_max_pool(x):
+  """[B, H, W, C] → [B, C], max_over's gradient."""
+  b, h, w, c = x.shape
+  return max_over(x.reshape(b, h * w, c), 1)[:, 0]
+
+
 def adaptive_avg_pool(x, size):
   """[B, H, W, C] → [B, size, size, C] with PyTorch's AdaptiveAvgPool2d bins: bin i covers
   rows floor(i·H/size) to ceil((i+1)·H/size) (bins overlap when size does not divide H)."""

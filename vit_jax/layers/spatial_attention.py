@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from vit_jax.layers import attention as attention_lib
 from vit_jax.layers.channel_attention import reduced
-from vit_jax.layers.conv import adaptive_avg_pool, batch_norm, conv, global_avg_pool
+from vit_jax.layers.conv import (adaptive_avg_pool, batch_norm, conv, global_avg_pool,
+                                 global_max_pool, max_over)
 
 
 def single_head_attention(query, key, value, scale):
@@ -44,11 +45,11 @@ class CBAM(nn.Module):
     hidden = nn.Dense(reduced(c, self.reduction), dtype=self.dtype, name='mlp_reduce')
     expand = nn.Dense(c, dtype=self.dtype, name='mlp_expand')
     mlp = lambda z: expand(nn.relu(hidden(z)))
-    channel = nn.sigmoid(mlp(global_avg_pool(x)) + mlp(x.max(axis=(1, 2))))
+    channel = nn.sigmoid(mlp(global_avg_pool(x)) + mlp(global_max_pool(x)))
     self.sow('intermediates', 'channel_weights', channel)
     x = x * channel[:, None, None, :].astype(x.dtype)
     pooled = jnp.concatenate([x.astype(jnp.float32).mean(-1, keepdims=True).astype(x.dtype),
-                              x.max(-1, keepdims=True)], -1)
+                              max_over(x, -1)], -1)
     spatial = nn.sigmoid(conv(1, self.kernel_size, use_bias=True, name='spatial_conv',
                               dtype=self.dtype)(pooled))  # [B, H, W, 1]
     self.sow('intermediates', 'spatial', spatial[..., 0])
