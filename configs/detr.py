@@ -18,7 +18,8 @@ and attention dropout 0.1, 500 epochs with the learning rate x0.1 after 400) on 
 data_dir, from torchvision's ImageNet ResNet-50 (README: converting its .pth):
   python main.py --config=configs/detr.py:r50 --config.data.data_dir=/data/coco \
     --config.pretrained.path=resnet50.safetensors
-model.norm_first=True gives pre-LayerNorm blocks (the official code's `normalize_before`).
+model.norm_first=True gives pre-LayerNorm blocks (the official code's `normalize_before`);
+model.query_groups=G trains Group DETR's G query groups (README: it did not pay here).
 
 'panoptic': DETR's panoptic head (§4.4; task 'panoptic') trained jointly with the detector on
 the shapes' COCO panoptic form (every shape a thing, the background one stuff segment), 8
@@ -41,7 +42,7 @@ def get_config(arg=''):
       num_queries=12, backbone_name='resnet-tiny', dilation=1,
       backbone_norm='group_norm', frozen_stages=-1, hidden_size=128,
       num_heads=4, num_encoder_layers=2, num_decoder_layers=3, mlp_dim=256, dropout_rate=0.0,
-      attention_dropout_rate=0.0, posemb='sine', norm_first=False,
+      attention_dropout_rate=0.0, posemb='sine', norm_first=False, query_groups=1,
       **common.backbone_attention()))
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, eos_coef=0.1, class_weight=1.0, l1_weight=5.0, giou_weight=2.0,

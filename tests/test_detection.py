@@ -37,6 +37,25 @@ def test_set_loss_equals_a_hand_computed_value():
   np.testing.assert_allclose(loss, -np.mean(jax.nn.log_softmax(logits[0, 0])[:, 1]), rtol=1e-5)
 
 
+def test_group_detr_loss_is_the_mean_of_each_groups_own_set_loss():
+  """G groups of Q queries, each matched to the image's targets on its own (Group DETR)."""
+  rng = np.random.default_rng(0)
+  groups, q = 3, 4
+  outputs = {'logits': rng.normal(size=(2, 2, groups * q, 3)).astype(np.float32),  # [L, B, GQ, C+1]
+             'boxes': rng.uniform(0.1, 0.9, (2, 2, groups * q, 4)).astype(np.float32)}
+  targets = {'labels': np.array([[0, 1, 0], [1, 0, 0]], np.int32),
+             'boxes': rng.uniform(0.2, 0.6, (2, 3, 4)).astype(np.float32),
+             'valid': np.array([[True, True, False], [True, False, False]]),
+             'image': np.zeros((2, 8, 8, 3))}  # Other batch keys are left alone.
+  loss, _ = detection.set_criterion(*detection.split_query_groups(outputs, targets, q),
+                                    num_classes=2, matcher='device')
+  each = [detection.set_criterion({k: v[:, :, g * q:(g + 1) * q] for k, v in outputs.items()},
+                                  targets, num_classes=2, matcher='device')[0]
+          for g in range(groups)]
+  np.testing.assert_allclose(loss, np.mean(each), rtol=1e-5)
+  assert detection.split_query_groups(outputs, targets, groups * q) == (outputs, targets)
+
+
 def test_tiny_detr_run_learns_and_is_evaluated_with_coco_ap(tmp_path):
   config = detr_config.get_config('tiny')
   config.update_from_flattened_dict({'total_steps': 40, 'log_every': 10, 'eval_every': 40,

@@ -146,3 +146,12 @@ def test_frozen_overrides_the_r50_schedule_and_multipliers():
   assert config.task == 'panoptic' and not config.pretrained.reset_head
   assert config.optim.lr_multipliers == '^(?!mask_head/|bbox_attention/)=0'
   assert config.total_steps == 25 * 1849 and config.data.max_boxes == 100
+
+
+def test_group_detr_is_refused_by_the_panoptic_task():
+  config = config_lib.get_config('tiny,panoptic')
+  config.model.query_groups = 2
+  task = tasks.get_task(config.task)(config, None)
+  with np.testing.assert_raises_regex(Exception, 'model.query_groups=2: Group DETR trains the '
+                                                 'detector only; the panoptic task needs 1.'):
+    task.model

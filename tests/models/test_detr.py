@@ -292,3 +292,27 @@ def test_detr_r50_has_hugging_face_parameter_count():
   hf_count = sum(p.numel() for p in hf.parameters()) + sum(
       b.numel() for n, b in hf.named_buffers() if n.endswith(('.weight', '.bias')))
   assert ours_count == hf_count == 41_577_888  # The paper: "41M".
+
+
+def test_group_detr_groups_do_not_see_each_other_and_inference_is_plain_detr():
+  """Group DETR: in training each group of queries is a plain DETR query set on its own (the
+  self-attention mask keeps groups apart); inference reads the first group only."""
+  grouped = ours().clone(query_groups=3)
+  image, mask = images(1)
+  params = jax.jit(grouped.init)(jax.random.key(0), image, mask)['params']
+  assert params['group_queries'].shape == (2, 5, 32)
+  plain_params = {k: v for k, v in params.items() if k != 'group_queries'}
+  plain = ours()
+  run = lambda model, p, train: model.apply({'params': p}, image, mask, train=train)[0]
+  training = run(grouped, params, True)
+  assert training['logits'].shape == (2, 2, 15, 4)  # [L, B, G·Q, C+1]
+  for g, queries in enumerate([params['query_embed'], *params['group_queries']]):
+    alone = run(plain, dict(plain_params, query_embed=queries), True)
+    for k in ('logits', 'boxes'):
+      np.testing.assert_allclose(training[k][:, :, 5 * g:5 * (g + 1)], alone[k], atol=1e-5)
+  inference, reference = run(grouped, params, False), run(plain, plain_params, False)
+  for k in ('logits', 'boxes'):
+    np.testing.assert_allclose(inference[k], reference[k], atol=1e-6)
+  with pytest.raises(Exception, match=r'model.query_groups=0; expected 1 \(plain DETR\)'):
+    ours().clone(query_groups=0).init(
+        jax.random.key(0), image, mask)

@@ -79,6 +79,10 @@ class DETR(nn.Module):
   attention_dropout_rate: float = 0.0
   posemb: str = 'sine'  # or 'learn'
   norm_first: bool = False  # Pre-LayerNorm blocks and a final encoder norm (`normalize_before`).
+  # Group DETR (Chen et al. 2023): in training, this many groups of object queries, each
+  # attending only within its group and matched one-to-one on its own, so that every target
+  # teaches several queries; inference reads the first group, the model is plain DETR.
+  query_groups: int = 1
   compute: kernels.Compute = kernels.Compute()
 
   def setup(self):
@@ -98,6 +102,12 @@ class DETR(nn.Module):
                                        norm_every_output=True)
     self.query_embed = self.param('query_embed', nn.initializers.normal(1.0),
                                   (self.num_queries, self.hidden_size))
+    if self.query_groups < 1:
+      raise errors.UserError(f'model.query_groups={self.query_groups}; expected 1 (plain DETR) '
+                             'or more (Group DETR).')
+    if self.query_groups > 1:
+      self.group_queries = self.param('group_queries', nn.initializers.normal(1.0),
+                                      (self.query_groups - 1, self.num_queries, self.hidden_size))
     self.class_head = nn.Dense(self.num_classes + 1)
     self.box_head = BoxHead(self.hidden_size)
 
@@ -131,10 +141,15 @@ class DETR(nn.Module):
     key_mask = masks.key_padding_mask(mask.reshape(b, h * w))
     memory, enc_aux = self.encoder(x, mask=key_mask, pos=pos, deterministic=not train,
                                    return_attention=return_attention)
-    query_pos = jnp.broadcast_to(self.query_embed[None], (b,) + self.query_embed.shape)
-    _, dec_aux = self.decoder(jnp.zeros_like(query_pos), memory, cross_mask=key_mask,
-                              query_pos=query_pos, memory_pos=pos, deterministic=not train,
-                              return_attention=return_attention)
+    queries, self_mask = self.query_embed, None
+    if train and self.query_groups > 1:  # Training outputs then hold G·Q queries, group-major.
+      queries = jnp.concatenate([queries, self.group_queries.reshape(-1, d)])
+      group = jnp.repeat(jnp.arange(1, self.query_groups + 1), self.num_queries)[None]
+      self_mask = masks.segment_mask(group, group)
+    query_pos = jnp.broadcast_to(queries[None], (b,) + queries.shape)
+    _, dec_aux = self.decoder(jnp.zeros_like(query_pos), memory, self_mask=self_mask,
+                              cross_mask=key_mask, query_pos=query_pos, memory_pos=pos,
+                              deterministic=not train, return_attention=return_attention)
     hidden = jnp.stack(dec_aux['layers']).astype(jnp.float32)  # [L, B, Q, D]
     outputs = {'logits': self.class_head(hidden), 'boxes': self.box_head(hidden)}
     aux = {'feature_mask': mask, 'projected': projected, 'memory': memory.reshape(b, h, w, d),

@@ -128,6 +128,19 @@ def image_losses(t, *, class_weight=1.0, l1_weight=5.0, giou_weight=2.0):
   return per_layer.sum(0)
 
 
+def split_query_groups(outputs, targets, num_queries):
+  """Group DETR's training outputs [L, B, G·Q, ...] → [L, B·G, Q, ...] and each image's
+  targets repeated G times: every group is matched and scored as an image of its own, so the
+  loss is the mean of the groups' losses (the paper sums them; Adam and gradient clipping
+  make the scale immaterial, and the logged loss stays comparable with plain DETR's)."""
+  groups = outputs['logits'].shape[2] // num_queries
+  if groups == 1:
+    return outputs, targets
+  split = lambda x: x.reshape(x.shape[:1] + (x.shape[1] * groups, num_queries) + x.shape[3:])
+  return (jax.tree.map(split, outputs),
+          {k: jnp.repeat(targets[k], groups, axis=0) for k in ('labels', 'boxes', 'valid')})
+
+
 def postprocess(logits, pred_boxes):
   """[B, Q, C+1], [B, Q, 4] → scores [B, Q], labels [B, Q] (no-object dropped: the best real
   class of each query), boxes [B, Q, 4] as normalised (x0, y0, x1, y1)."""
@@ -228,7 +241,9 @@ class DetectionTask(base.Task):
   def criterion(self, outputs, aux, batch):
     """The training loss of the model's outputs → (loss, metrics)."""
     del aux
-    return set_criterion(self._loss_outputs(outputs), batch, num_classes=self.model.num_classes,
+    outputs, targets = split_query_groups(self._loss_outputs(outputs), batch,
+                                          self.model.num_queries)
+    return set_criterion(outputs, targets, num_classes=self.model.num_classes,
                          **self._loss_settings())
 
   def eval_step(self, params, batch):

@@ -116,6 +116,12 @@ class PanopticTask(detection.DetectionTask):
           f'{train.categories} vs {evaluation.categories}.')
     return train, evaluation
 
+  def build_model(self):
+    if self.config.model.get('query_groups', 1) != 1:
+      raise errors.UserError(f'model.query_groups={self.config.model.query_groups}: Group DETR '
+                             'trains the detector only; the panoptic task needs 1.')
+    return super().build_model()
+
   def fit_export(self, params, restored, path):
     """A panoptic DETR's export, or a detector's (DETR trained on the same segments' boxes):
     then the mask head, which it lacks, starts fresh."""
