@@ -19,7 +19,8 @@ data_dir, from torchvision's ImageNet ResNet-50 (README: converting its .pth):
   python main.py --config=configs/detr.py:r50 --config.data.data_dir=/data/coco \
     --config.pretrained.path=resnet50.safetensors
 model.norm_first=True gives pre-LayerNorm blocks (the official code's `normalize_before`);
-model.query_groups=G trains Group DETR's G query groups (README: it did not pay here).
+model.query_groups=G trains Group DETR's G query groups, loss.focal_alpha=0.25 sigmoid
+focal-loss classes (README: neither paid on the shapes).
 
 'panoptic': DETR's panoptic head (§4.4; task 'panoptic') trained jointly with the detector on
 the shapes' COCO panoptic form (every shape a thing, the background one stuff segment), 8
@@ -29,6 +30,7 @@ heads (the mask head's GroupNorm needs hidden_size + num_heads divisible by 8), 
 detector loaded from --config.pretrained.path (README: Segmentation).
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import common
 
@@ -46,6 +48,7 @@ def get_config(arg=''):
       **common.backbone_attention()))
   c.loss = ml_collections.ConfigDict(dict(
       aux_loss=True, eos_coef=0.1, class_weight=1.0, l1_weight=5.0, giou_weight=2.0,
+      focal_alpha=placeholder(float), focal_gamma=2.0,  # α set: sigmoid focal classes.
       matcher='device'))  # An exact Hungarian solver inside the jitted step, or 'scipy' (host).
   c.data = ml_collections.ConfigDict(dict(
       name='shapes', data_dir='', tfds_name='coco/2017', train_split='train', eval_split='test',

@@ -5,6 +5,7 @@ import numpy as np
 
 from configs import detr as detr_config
 from vit_jax import metrics
+from vit_jax import tasks
 from vit_jax import train
 from vit_jax.tasks import detection
 
@@ -54,6 +55,23 @@ def test_group_detr_loss_is_the_mean_of_each_groups_own_set_loss():
           for g in range(groups)]
   np.testing.assert_allclose(loss, np.mean(each), rtol=1e-5)
   assert detection.split_query_groups(outputs, targets, groups * q) == (outputs, targets)
+
+
+def test_focal_loss_gives_detr_sigmoid_classes_scored_per_query():
+  """loss.focal_alpha set: DETR's class head has no no-object logit, the set loss is the
+  sigmoid focal loss, and each query's score is its best class's sigmoid."""
+  config = detr_config.get_config('tiny')
+  config.loss.update(focal_alpha=0.25, class_weight=2.0)
+  task = tasks.get_task(config.task)(config, None)
+  assert task.model.sigmoid_classes and task._loss_settings()['focal'] == (0.25, 2.0)
+  params = jax.jit(task.init)(jax.random.key(0), task.dummy_batch(2))
+  assert params['class_head']['kernel'].shape[-1] == task.model.num_classes == 3
+  logits = np.array([[[-9.0, 2.0, 0.0], [1.0, -9.0, -9.0]]], np.float32)
+  scores, labels, _ = task.postprocess(logits, np.full((1, 2, 4), 0.5, np.float32))
+  np.testing.assert_allclose(scores, jax.nn.sigmoid(np.array([[2.0, 1.0]])), rtol=1e-6)
+  np.testing.assert_array_equal(labels, [[1, 0]])
+  plain = tasks.get_task(config.task)(detr_config.get_config('tiny'), None)
+  assert not plain.model.sigmoid_classes and 'focal' not in plain._loss_settings()
 
 
 def test_tiny_detr_run_learns_and_is_evaluated_with_coco_ap(tmp_path):

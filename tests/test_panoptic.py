@@ -148,10 +148,14 @@ def test_frozen_overrides_the_r50_schedule_and_multipliers():
   assert config.total_steps == 25 * 1849 and config.data.max_boxes == 100
 
 
-def test_group_detr_is_refused_by_the_panoptic_task():
-  config = config_lib.get_config('tiny,panoptic')
-  config.model.query_groups = 2
-  task = tasks.get_task(config.task)(config, None)
-  with np.testing.assert_raises_regex(Exception, 'model.query_groups=2: Group DETR trains the '
-                                                 'detector only; the panoptic task needs 1.'):
-    task.model
+def test_group_detr_and_focal_classes_are_refused_by_the_panoptic_task():
+  for key, value, message in [
+      ('model.query_groups', 2, 'model.query_groups=2: Group DETR trains the detector only; '
+                                'the panoptic task needs 1.'),
+      ('loss.focal_alpha', 0.25, 'loss.focal_alpha=0.25: the panoptic task merges softmax '
+                                 'classes with a no-object class; it needs None.')]:
+    config = config_lib.get_config('tiny,panoptic')
+    config.update_from_flattened_dict({key: value})
+    task = tasks.get_task(config.task)(config, None)
+    with np.testing.assert_raises_regex(Exception, message):
+      task.model

@@ -2,8 +2,8 @@
 
 ResNet features → 1x1 projection → post-LN Transformer encoder (2-D sine positions added to
 queries and keys only, padded pixels masked) → decoder whose input starts at zeros and whose
-learned object queries are query positions → class head (num_classes + 1, no-object last)
-and a 3-layer box MLP with sigmoid → normalised (cx, cy, w, h). Every decoder layer's output
+learned object queries are query positions → class head (num_classes + 1, no-object last;
+or num_classes sigmoid logits with the focal loss) and a 3-layer box MLP with sigmoid → normalised (cx, cy, w, h). Every decoder layer's output
 goes through the shared final LayerNorm and both heads, for the auxiliary losses (§3.2).
 """
 from typing import Any, Optional, Sequence
@@ -83,6 +83,8 @@ class DETR(nn.Module):
   # attending only within its group and matched one-to-one on its own, so that every target
   # teaches several queries; inference reads the first group, the model is plain DETR.
   query_groups: int = 1
+  # Sigmoid classes (Deformable DETR's focal loss): num_classes logits, no "no object" one.
+  sigmoid_classes: bool = False
   compute: kernels.Compute = kernels.Compute()
 
   def setup(self):
@@ -108,7 +110,7 @@ class DETR(nn.Module):
     if self.query_groups > 1:
       self.group_queries = self.param('group_queries', nn.initializers.normal(1.0),
                                       (self.query_groups - 1, self.num_queries, self.hidden_size))
-    self.class_head = nn.Dense(self.num_classes + 1)
+    self.class_head = nn.Dense(self.num_classes + (not self.sigmoid_classes))
     self.box_head = BoxHead(self.hidden_size)
 
   def __call__(self, image, pixel_mask=None, *, train=False, return_attention=False):

@@ -28,12 +28,6 @@ class DeformableDetectionTask(detection.DetectionTask):
   head = ('class_embed',)  # 'class_embed', or with box refinement 'class_embed_<layer>'.
   model_class = deformable_detr.DeformableDETR
 
-  def _loss_settings(self):
-    s = dict(self.config.loss)
-    s.pop('aux_loss')
-    s['focal'] = (s.pop('focal_alpha'), s.pop('focal_gamma'))
-    return s
-
   def criterion(self, outputs, aux, batch):
     """With two-stage, plus the proposals' set loss, every target as class 0 ("object"), as
     the official code trains them (Hugging Face's port leaves this term out)."""

@@ -141,10 +141,11 @@ def split_query_groups(outputs, targets, num_queries):
           {k: jnp.repeat(targets[k], groups, axis=0) for k in ('labels', 'boxes', 'valid')})
 
 
-def postprocess(logits, pred_boxes):
+def postprocess(logits, pred_boxes, sigmoid=False):
   """[B, Q, C+1], [B, Q, 4] → scores [B, Q], labels [B, Q] (no-object dropped: the best real
-  class of each query), boxes [B, Q, 4] as normalised (x0, y0, x1, y1)."""
-  prob = jax.nn.softmax(logits, -1)[..., :-1]
+  class of each query), boxes [B, Q, 4] as normalised (x0, y0, x1, y1). `sigmoid`: logits
+  [B, Q, C] of the focal loss, each query's best class."""
+  prob = jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, -1)[..., :-1]
   return prob.max(-1), prob.argmax(-1), box_ops.cxcywh_to_xyxy(pred_boxes)
 
 
@@ -181,6 +182,8 @@ class DetectionTask(base.Task):
         key='model.backbone_attention_args')
     if m.get('backbone_attention_stages') is not None:
       m['backbone_attention_stages'] = tuple(m['backbone_attention_stages'])
+    if issubclass(self.model_class, detr.DETR):  # Deformable DETR's classes are always sigmoid.
+      m['sigmoid_classes'] = 'focal' in self._loss_settings()
     return self.model_class(num_classes=num_classes, **m,
                             compute=base.compute_options(self.config))
 
@@ -230,7 +233,13 @@ class DetectionTask(base.Task):
     return outputs if self.config.loss.aux_loss else jax.tree.map(lambda x: x[-1:], outputs)
 
   def _loss_settings(self):
-    return {k: v for k, v in self.config.loss.items() if k != 'aux_loss'}
+    """config.loss as set_criterion's arguments; loss.focal_alpha (with focal_gamma) set
+    gives sigmoid focal-loss classes ('focal')."""
+    s = {k: v for k, v in self.config.loss.items() if k != 'aux_loss'}
+    alpha, gamma = s.pop('focal_alpha', None), s.pop('focal_gamma', 2.0)
+    if alpha is not None:
+      s['focal'] = (alpha, gamma)
+    return s
 
   def loss_fn(self, params, batch, rng, frozen=None):
     del frozen  # No teacher.
@@ -289,7 +298,7 @@ class DetectionTask(base.Task):
 
   def postprocess(self, logits, boxes):
     """The last layer's outputs → (scores, labels, normalised xyxy boxes) per prediction."""
-    return postprocess(logits, boxes)
+    return postprocess(logits, boxes, sigmoid=self.model.sigmoid_classes)
 
   def write_plots(self, params, workdir, num_images=4, threshold=0.7, top_k=3):
     """detections.png (boxes on eval images); for the objects found in the first image,

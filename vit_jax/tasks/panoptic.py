@@ -120,6 +120,9 @@ class PanopticTask(detection.DetectionTask):
     if self.config.model.get('query_groups', 1) != 1:
       raise errors.UserError(f'model.query_groups={self.config.model.query_groups}: Group DETR '
                              'trains the detector only; the panoptic task needs 1.')
+    if self.config.loss.get('focal_alpha') is not None:
+      raise errors.UserError(f'loss.focal_alpha={self.config.loss.focal_alpha}: the panoptic '
+                             'task merges softmax classes with a no-object class; it needs None.')
     return super().build_model()
 
   def fit_export(self, params, restored, path):
