@@ -3,8 +3,9 @@
 ResNet features → 1x1 projection → post-LN Transformer encoder (2-D sine positions added to
 queries and keys only, padded pixels masked) → decoder whose input starts at zeros and whose
 learned object queries are query positions → class head (num_classes + 1, no-object last;
-or num_classes sigmoid logits with the focal loss) and a 3-layer box MLP with sigmoid → normalised (cx, cy, w, h). Every decoder layer's output
-goes through the shared final LayerNorm and both heads, for the auxiliary losses (§3.2).
+or num_classes sigmoid logits with the focal loss) and a 3-layer box MLP with sigmoid →
+normalised (cx, cy, w, h). Every decoder layer's output goes through the shared final
+LayerNorm and both heads, for the auxiliary losses (§3.2).
 """
 from typing import Any, Optional, Sequence
 
