@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +122,34 @@ def test_bfloat16_matmul_gradients_run_in_bfloat16_and_match_float32():
   for g, h in zip(got, want):
     assert g.dtype == jnp.float32  # The operands' own dtype.
     np.testing.assert_allclose(g, h, rtol=0.05, atol=0.05 * np.abs(h).max())
-  hlo = jax.jit(grad_fn).lower(x, w).as_text()
-  backward = [line for line in hlo.splitlines() if 'dot_general' in line]
-  assert len(backward) == 3 and all('bf16' in line for line in backward), backward
+  # bfloat16 operands accumulated into float32, the form XLA:CPU runs on AMX.
+  dots = [line for line in jax.jit(grad_fn).lower(x, w).as_text().splitlines()
+          if 'dot_general' in line]
+  assert len(dots) == 3, dots
+  for line in dots:
+    assert re.search(r'\(tensor<[0-9x]+xbf16>, tensor<[0-9x]+xbf16>\) -> tensor<[0-9x]+xf32>',
+                     line), line
+
+
+@pytest.mark.parametrize('spec, a_shape, b_shape', [
+    ('bqhd,bkhd->bhqk', (2, 3, 2, 4), (2, 5, 2, 4)),      # attention logits
+    ('bhqk,bkhd->bqhd', (2, 2, 3, 5), (2, 5, 2, 4)),      # attention-weighted values
+    ('...d,dhk->...hk', (2, 3, 6, 8), (8, 2, 4)),         # a projection, batch dims summed
+    ('bqhd,byxhd->bqhyx', (2, 3, 2, 4), (2, 5, 6, 2, 4)),  # a 2-D key grid
+])
+def test_bfloat16_einsum_gradients_match_float32(spec, a_shape, b_shape):
+  a = jax.random.normal(jax.random.key(0), a_shape)
+  b = jax.random.normal(jax.random.key(1), b_shape)
+  loss = lambda dtype: lambda a, b: (kernels.einsum(spec, a, b, dtype) ** 2).sum()
+  want = jax.grad(loss(jnp.float32), argnums=(0, 1))(a, b)
+  got = jax.grad(loss(jnp.bfloat16), argnums=(0, 1))(a, b)
+  for g, h in zip(got, want):
+    assert g.shape == h.shape and g.dtype == jnp.float32
+    np.testing.assert_allclose(g, h, rtol=0.05, atol=0.03 * np.abs(h).max())
+
+
+def test_bfloat16_einsum_names_a_spec_it_cannot_differentiate():
+  grad = jax.grad(lambda a: kernels.einsum('ij,jk->k', a, jnp.ones((3, 2)), jnp.bfloat16).sum())
+  with pytest.raises(ValueError, match=r"einsum 'ij,jk->k': index \['i'\] is summed within one "
+                                       'operand'):
+    grad(jnp.ones((4, 3)))

@@ -132,8 +132,8 @@ class MultiHeadAttention(nn.Module):
                for x, names in groups for name in names}
 
     if self.implementation == 'plain':
-      project = lambda x, w: kernels.einsum('bld,dhk->blhk', x, w[0], self.dtype).astype(
-          self.dtype) + w[1].astype(self.dtype)
+      project = lambda x, w: (kernels.einsum('bld,dhk->blhk', x, w[0], self.dtype) +
+                              w[1]).astype(self.dtype)
       qkv = {name: project(x, weights[name]) for x, names in groups for name in names}
     else:
       qkv = kernels.fused_projections(groups, weights, self.dtype)
@@ -154,8 +154,7 @@ class MultiHeadAttention(nn.Module):
     kernel, bias = HeadWeights((self.num_heads, head_dim, out_dim), True, self.kernel_init,
                                self.bias_init, name='out')()
     if self.implementation == 'plain':
-      out = kernels.einsum('blhk,hkd->bld', out, kernel, self.dtype).astype(
-          self.dtype) + bias.astype(self.dtype)
+      out = (kernels.einsum('blhk,hkd->bld', out, kernel, self.dtype) + bias).astype(self.dtype)
     else:
       out = kernels.merge_heads(out, kernel, bias, self.dtype)
     return out, attention_weights if return_weights else None

@@ -21,6 +21,8 @@ the plain path):
 """
 import dataclasses
 import functools
+import math
+import string
 from typing import Any
 
 import jax
@@ -63,31 +65,88 @@ def einsum(spec, a, b, dtype):
   return _low_precision_einsum(spec, a, b, jnp.dtype(dtype))
 
 
-def matmul(x, w, dtype):
-  """x [N, K] @ w [K, M] → [N, M] in `dtype`, accumulated in float32."""
-  return einsum('nk,km->nm', x, w, dtype).astype(dtype)
+def matmul(x, w, dtype, bias=None, activation=None):
+  """activation(x [N, K] @ w [K, M] + bias) → [N, M] in `dtype`.
+
+  Operands in `dtype`; the sum, the bias and the activation in float32, cast once at the end.
+  XLA:CPU has no bfloat16 arithmetic: each bfloat16 elementwise step would convert there and
+  back, and a bfloat16 bias would have its gradient summed by a slow bfloat16 reduction.
+  """
+  y = einsum('nk,km->nm', x, w, dtype)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return (y if activation is None else activation(y)).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
 def _low_precision_einsum(spec, a, b, dtype):
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return _float32_dot(spec, a.astype(dtype), b.astype(dtype))
 
 
 def _low_precision_einsum_fwd(spec, a, b, dtype):
   ac, bc = a.astype(dtype), b.astype(dtype)
-  out = jnp.einsum(spec, ac, bc, preferred_element_type=jnp.float32)
   # Zero-size arrays carry the operands' dtypes to the backward pass.
-  return out, (ac, bc, jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype))
+  return _float32_dot(spec, ac, bc), (ac, bc, jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype))
 
 
 def _low_precision_einsum_bwd(spec, dtype, residuals, g):
   ac, bc, a_like, b_like = residuals
-  _, vjp = jax.vjp(lambda x, y: jnp.einsum(spec, x, y), ac, bc)
-  da, db = vjp(g.astype(dtype))
+  g = g.astype(dtype)
+  (a_spec, b_spec), out_spec = _explicit_specs(spec, ac.ndim, bc.ndim)
+  da = _float32_dot(f'{out_spec},{b_spec}->{a_spec}', g, bc)
+  db = _float32_dot(f'{a_spec},{out_spec}->{b_spec}', ac, g)
   return da.astype(a_like.dtype), db.astype(b_like.dtype)
 
 
 _low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
+def _float32_dot(spec, x, y):
+  """einsum of two low-precision operands, accumulated and returned in float32, as one dot
+  [batch, M, K] @ [batch, K, N] on operands transposed to that layout.
+
+  XLA:CPU runs a bfloat16 dot that accumulates in float32 on its fast kernels (AMX where the
+  CPU has it: 3.4x the float32 matmul), but only in this layout; other layouts fall to a kernel
+  that cannot accumulate bfloat16 into float32 and fails at run time. A bfloat16 result would
+  run at float32 speed.
+  """
+  (xs, ys), out = _explicit_specs(spec, x.ndim, y.ndim)
+  size = dict(zip(xs + ys, x.shape + y.shape))
+  batch = [c for c in out if c in xs and c in ys]
+  x_free = [c for c in xs if c not in ys]
+  y_free = [c for c in ys if c not in xs]
+  contract = [c for c in xs if c in ys and c not in out]
+
+  def flat(t, spec, groups):
+    order = [spec.index(c) for g in groups for c in g]
+    t = jnp.transpose(t, order).reshape([math.prod(size[c] for c in g) for g in groups])
+    # A transpose XLA folds back into the dot leaves it in a layout the fast kernels refuse.
+    return t if order == sorted(order) else jax.lax.optimization_barrier(t)
+
+  z = jax.lax.dot_general(flat(x, xs, (batch, x_free, contract)),
+                          flat(y, ys, (batch, contract, y_free)),
+                          (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+  order = batch + x_free + y_free
+  z = z.reshape([size[c] for c in order])
+  return jnp.transpose(z, [order.index(c) for c in out])
+
+
+def _explicit_specs(spec, x_ndim, y_ndim):
+  """'...d,dhk->...hk' for operands of 3 and 3 dims → (('ABd', 'dhk'), 'ABhk'): '...'
+  spelled out, and each operand's index present in the other operand or the output (so that
+  each gradient is itself a product of two operands)."""
+  inputs, out = spec.split('->')
+  xs, ys = inputs.split(',')
+  spare = [c for c in string.ascii_uppercase if c not in spec]
+  ellipsis = ''.join(spare[:max(ndim - len(s) + 3 for s, ndim in ((xs, x_ndim), (ys, y_ndim))
+                                if '...' in s)]) if '...' in spec else ''
+  xs, ys, out = (s.replace('...', ellipsis) for s in (xs, ys, out))
+  for mine, other in ((xs, ys), (ys, xs)):
+    alone = set(mine) - set(other) - set(out)
+    if alone:
+      raise ValueError(f'einsum {spec!r}: index {sorted(alone)} is summed within one operand; '
+                       'a low-precision einsum takes products of two operands only.')
+  return (xs, ys), out
 
 
 # Attention: 'fused' projections ------------------------------------------------------------------
@@ -104,17 +163,18 @@ def fused_projections(groups, weights, dtype):
     heads, head_dim = kernels[0].shape[1:]
     w = jnp.concatenate([k.reshape(k.shape[0], -1) for k in kernels], axis=1)
     b = jnp.concatenate([weights[n][1].reshape(-1) for n in names])
-    y = matmul(x.reshape(-1, x.shape[-1]), w, dtype) + b.astype(dtype)
+    # Split in float32, each part cast on its own: their gradients meet in float32.
+    y = einsum('nk,km->nm', x.reshape(-1, x.shape[-1]), w, dtype) + b.astype(jnp.float32)
     y = y.reshape(x.shape[:-1] + (len(names), heads, head_dim))
-    out.update({n: y[..., i, :, :] for i, n in enumerate(names)})
+    out.update({n: y[..., i, :, :].astype(dtype) for i, n in enumerate(names)})
   return out
 
 
 def merge_heads(x, kernel, bias, dtype):
   """[B, L, H, Dh] @ kernel [H, Dh, D] + bias as one flat 2-D matmul → [B, L, D]."""
   heads, head_dim, features = kernel.shape
-  y = matmul(x.reshape(-1, heads * head_dim), kernel.reshape(-1, features), dtype)
-  return (y + bias.astype(dtype)).reshape(x.shape[:-2] + (features,))
+  y = matmul(x.reshape(-1, heads * head_dim), kernel.reshape(-1, features), dtype, bias)
+  return y.reshape(x.shape[:-2] + (features,))
 
 
 # Attention: 'xla' ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ blocks' parameters are stacked [L, ...] under 'encoderblock'/'decoderblock' inst
 'encoderblock_0', ... (`vit_jax.pretrained` converts between the two layouts).
 """
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -56,9 +56,11 @@ def with_pos(x, pos):
 
 
 class Dense(nn.Module):
-  """x [N, D] @ kernel [D, features] + bias, in the compute dtype (kernels.matmul)."""
+  """activation(x [N, D] @ kernel [D, features] + bias), in the compute dtype
+  (kernels.matmul)."""
   features: int
   dtype: jnp.dtype
+  activation: Optional[Callable] = None
   kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
   bias_init: nn.initializers.Initializer = nn.initializers.normal(stddev=1e-6)
 
@@ -66,7 +68,7 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
     bias = self.param('bias', self.bias_init, (self.features,))
-    return kernels.matmul(x, kernel, self.dtype) + bias.astype(self.dtype)
+    return kernels.matmul(x, kernel, self.dtype, bias, self.activation)
 
 
 class MlpBlock(nn.Module):
@@ -78,8 +80,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     c, dtype = self.config, self.config.compute.dtype
-    y = Dense(c.mlp_dim, dtype, name='Dense_0')(x.reshape(-1, x.shape[-1]))
-    y = nn.Dropout(c.dropout_rate)(ACTIVATIONS[c.activation](y), self.deterministic)
+    y = Dense(c.mlp_dim, dtype, ACTIVATIONS[c.activation], name='Dense_0')(
+        x.reshape(-1, x.shape[-1]))
+    y = nn.Dropout(c.dropout_rate)(y, self.deterministic)
     y = Dense(x.shape[-1], dtype, name='Dense_1')(y)
     return nn.Dropout(c.dropout_rate)(y, self.deterministic).reshape(x.shape)
 

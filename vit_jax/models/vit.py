@@ -173,5 +173,5 @@ class PatchEmbedding(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     patches = images.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
     patches = patches.reshape(-1, ph * pw * c)  # [B*N, ph*pw*C]
-    x = kernels.matmul(patches, kernel.reshape(-1, self.features), self.dtype)
-    return (x + bias.astype(self.dtype)).reshape(b, h // ph, w // pw, self.features)
+    x = kernels.matmul(patches, kernel.reshape(-1, self.features), self.dtype, bias)
+    return x.reshape(b, h // ph, w // pw, self.features)
