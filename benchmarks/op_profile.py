@@ -1,0 +1,149 @@
+"""Where a train step's time goes, by kind of operation, in float32 and bfloat16 side by side.
+
+  XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py                  # ViT-Ti/16, batch 8
+  XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --variant=S/16 --top=15
+
+Runs the ViT train step under jax.profiler, reads the per-operation times from its trace and
+sorts each compiled operation into a kind by what its HLO computes: matmuls (YNNPACK's or
+XLA's own), reductions, transposes and copies, pure dtype conversions, slices/pads/concats,
+other elementwise work. Times are CPU milliseconds per step summed over the operations; XLA
+runs independent operations at once on several cores, so the sum exceeds the step's wall
+time, which is printed too. --top lists the costliest single operations of each setting.
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import precision  # noqa: E402
+from timing import cpu_name  # noqa: E402
+
+KINDS = ('matmul (YNNPACK)', 'matmul (XLA)', 'reduction', 'transpose or copy',
+         'dtype conversion only', 'slice, pad, concatenate', 'other elementwise', 'other')
+# Opcodes that move or relabel data without computing.
+_LAYOUT = {'parameter', 'constant', 'bitcast', 'broadcast', 'reshape', 'tuple',
+           'get-tuple-element', 'iota'}
+
+
+def hlo_instructions(text):
+  """{instruction name: (shape, opcode, opcodes inside the computation it calls or ())}."""
+  bodies, current = {}, None
+  for line in text.splitlines():
+    head = re.match(r'(?:ENTRY )?%([\w.\-]+) .*\{$', line)
+    if head:
+      current = bodies.setdefault(head.group(1), [])
+    elif current is not None and line.strip() and line.strip() != '}':
+      current.append(line)
+  op = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(')
+  found = {}
+  for lines in bodies.values():
+    for line in lines:
+      m = op.match(line)
+      if not m:
+        continue
+      called = re.search(r'calls=%([\w.\-]+)', line)
+      inner = tuple(op.match(l).group(3) for l in bodies.get(called.group(1), ())
+                    if op.match(l)) if called else ()
+      found[m.group(1)] = (m.group(2), m.group(3), inner, '__ynn_fusion' in line)
+  return found
+
+
+def kind(opcode, inner, ynn):
+  ops = set(inner or (opcode,)) - _LAYOUT
+  if 'dot' in ops or 'convolution' in ops:
+    return 'matmul (YNNPACK)' if ynn else 'matmul (XLA)'
+  if ops & {'reduce', 'reduce-window'}:
+    return 'reduction'
+  if ops & {'transpose', 'copy'}:
+    return 'transpose or copy'
+  if ops == {'convert'}:
+    return 'dtype conversion only'
+  if ops & {'slice', 'pad', 'concatenate', 'dynamic-slice', 'dynamic-update-slice'}:
+    return 'slice, pad, concatenate'
+  if opcode == 'fusion' or ops & {'add', 'multiply', 'subtract', 'divide', 'exponential',
+                                   'select', 'compare', 'convert', 'maximum', 'rsqrt', 'tanh'}:
+    return 'other elementwise'
+  return 'other'
+
+
+def profile(step, compiled, steps):
+  """({kind: CPU ms per step}, [(ms per step, name, shape, kind)], wall ms per step)."""
+  step()
+  step()  # Warm: initial state and compilation out of the way.
+  ops = hlo_instructions(compiled.as_text())
+  with tempfile.TemporaryDirectory() as logdir:
+    walls = []
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+      for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - start)
+    trace, = glob.glob(os.path.join(logdir, '**', '*.trace.json.gz'), recursive=True)
+    with gzip.open(trace) as f:
+      events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  per_op = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and e.get('name') in ops:
+      per_op[e['name']] += e['dur'] / 1e3 / steps
+  by_kind = collections.Counter()
+  rows = []
+  for name, ms in per_op.items():
+    shape, opcode, inner, ynn = ops[name]
+    k = kind(opcode, inner, ynn)
+    by_kind[k] += ms
+    rows.append((ms, name, shape, k))
+  return by_kind, sorted(rows, reverse=True), 1e3 * statistics.median(walls)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--variant', default='Ti/16')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--top', type=int, default=0)
+  args = parser.parse_args()
+  settings = {'float32': {}, 'bfloat16': {'dtype': 'bfloat16'}}
+  results = {}
+  for name, overrides in settings.items():
+    step, (compiled, _) = precision.setup(args, jax.devices()[:1], **overrides)
+    results[name] = profile(step, compiled, args.steps)
+
+  print(f'\n{cpu_name()}; ViT-{args.variant} train step, {args.image_size}x{args.image_size}, '
+        f'batch {args.batch}, 1 device, {args.steps} profiled steps; CPU ms per step by kind '
+        'of operation\n')
+  print('| kind of operation | ' + ' | '.join(settings) + ' | float32 / bfloat16 |')
+  print('|---|' + '---|' * (len(settings) + 1))
+  for k in KINDS + ('all operations', 'step wall time'):
+    if k == 'all operations':
+      ms = [sum(results[n][0].values()) for n in settings]
+    elif k == 'step wall time':
+      ms = [results[n][2] for n in settings]
+    else:
+      ms = [results[n][0][k] for n in settings]
+    if not any(ms):
+      continue
+    ratio = f'{ms[0] / ms[-1]:.2f}x' if ms[-1] else '-'
+    print(f'| {k} | ' + ' | '.join(f'{m:.1f}' for m in ms) + f' | {ratio} |')
+  for name in settings if args.top else ():
+    print(f'\nCostliest operations, {name} (CPU ms per step)\n')
+    print('| ms | operation | result | kind |')
+    print('|---|---|---|---|')
+    for ms, op, shape, k in results[name][1][:args.top]:
+      print(f'| {ms:.1f} | {op} | {shape.split("{")[0]} | {k} |')
+
+
+if __name__ == '__main__':
+  main()
