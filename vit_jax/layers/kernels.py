@@ -6,8 +6,9 @@ the plain path):
 
 - Precision (`Compute.dtype`): matmul operands in float32 or bfloat16, always accumulated in
   float32. In bfloat16 the backward matmuls run in bfloat16 too, through a custom VJP: left
-  to autodiff they would mix a float32 cotangent with bfloat16 operands and run at float32
-  speed.
+  to autodiff they would mix a float32 cotangent with bfloat16 operands, or return bfloat16,
+  and run at float32 speed. Each is one dot in the layout XLA:CPU's fast kernels (AMX where
+  the CPU has it) take, and bias, activation and head splits stay in float32 up to one cast.
 - Attention (`Compute.attention_impl`):
     'plain'  the textbook in attention.py: each projection its own 3-D einsum, attention
              weights materialised.
