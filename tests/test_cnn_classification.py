@@ -24,6 +24,7 @@ def tiny(arg='', **overrides):
 
 # Compiled without XLA's optimisations (as here), jnp.max's gradient turned CBAM's gradients
 # NaN at step 3; layers/conv.py's max_over keeps them finite.
+@pytest.mark.long
 def test_resnet_with_cbam_learns_digits_and_keeps_batch_statistics(tmp_path):
   config = tiny('cbam', total_steps=60, eval_every=60, log_every=10,
                 **{'optim.learning_rate': 3e-3, 'data.augment': 'none',
@@ -59,6 +60,7 @@ def test_pictures_show_what_the_module_computes(tmp_path, arg, pictures):
   assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.png')) == pictures
 
 
+@pytest.mark.long
 @pytest.mark.multi_device
 def test_sharded_batch_norm_uses_the_global_batch(tmp_path):
   config = tiny('se', total_steps=3, eval_every=100, **{'model.attention_args.reduction': 4})

@@ -107,7 +107,9 @@ def test_each_player_gets_only_its_own_gradient(stage1_batch):
     return losses.hinge_discriminator_loss(real, fake)
 
   # The discriminator learns from the hinge loss alone (not from the generator's −D(x̂)).
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+  # atol: float32 rounding of the two programs (2e-7 under XLA's full optimisations) against
+  # gradients up to 4e-2.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                grads['discriminator'], jax.grad(hinge)(params['discriminator']))
   # The state is not trained.
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['batch_stats']))
@@ -145,6 +147,7 @@ def read_metrics(workdir):
   return metrics_lib.read_jsonl(str(workdir / 'metrics.jsonl'))
 
 
+@pytest.mark.long
 def test_two_stages_train_resume_and_the_prior_keeps_the_autoencoder(tmp_path):
   stage1 = tmp_path / 'autoencoder'
   config = tiny(total_steps=40, log_every=10, eval_every=40, checkpoint_every=20,

@@ -3,6 +3,7 @@ post-processing on hand-made cases, PQ on the COCO panoptic loader, the frozen d
 (The head against Hugging Face: tests/models/test_detr_panoptic.py.)"""
 import jax
 import numpy as np
+import pytest
 
 import helpers
 from configs import detr as config_lib
@@ -80,6 +81,7 @@ def test_segments_are_targets_and_masks_follow_the_augmentation(tmp_path):
   assert checked > 50
 
 
+@pytest.mark.long
 def test_the_loss_draws_only_matched_masks_and_fits_a_batch(optimized_xla):
   """The training loss (mask head run on the matched queries only) equals the loss of every
   query's mask, matched afterwards; on one batch it falls and the masks' DICE loss too."""
@@ -109,6 +111,7 @@ def test_the_loss_draws_only_matched_masks_and_fits_a_batch(optimized_xla):
   assert last[0] < 0.3 * first[0] and last[1]['loss_dice'] < 0.7 * first[1]['loss_dice']
 
 
+@pytest.mark.long
 def test_tiny_run_on_the_coco_panoptic_loader_gives_pq_and_pictures(tmp_path):
   root = tmp_path / 'data'
   for split, n in (('train', 24), ('val', 8)):

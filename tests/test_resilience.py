@@ -31,6 +31,7 @@ def restored_params(config, workdir, step):
   return params_of(state)
 
 
+@pytest.mark.long
 @pytest.mark.multi_device  # As main.py runs: the same 8 devices, so results are bitwise equal.
 def test_sigterm_saves_a_checkpoint_and_resuming_equals_an_uninterrupted_run(tmp_path):
   overrides = {'total_steps': 120, 'log_every': 1, 'eval_every': 1000,

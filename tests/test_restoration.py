@@ -118,6 +118,7 @@ def test_contrastive_option_adds_its_terms():
   np.testing.assert_allclose(loss, np.mean(l1) + 0.1 * np.mean(contrastive), rtol=1e-5)
 
 
+@pytest.mark.long
 def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_path, capsys):
   config = tiny()
   train.train_and_evaluate(config, str(tmp_path / 'run'))
