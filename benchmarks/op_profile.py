@@ -2,6 +2,7 @@
 
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py                  # ViT-Ti/16, batch 8
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --variant=S/16 --top=15
+  XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --peer     # + Hugging Face's, float32
 
 Runs the ViT train step under jax.profiler, reads the per-operation times from its trace and
 sorts each compiled operation into a kind by what its HLO computes: matmuls (YNNPACK's or
@@ -9,6 +10,12 @@ XLA's own), reductions, transposes and copies, pure dtype conversions, slices/pa
 other elementwise work. Times are CPU milliseconds per step summed over the operations; XLA
 runs independent operations at once on several cores, so the sum exceeds the step's wall
 time, which is printed too. --top lists the costliest single operations of each setting.
+
+--peer profiles Hugging Face's PyTorch ViT of the same size (benchmarks/vit_throughput.py's
+float32 step) under torch.profiler too, sorts its ATen operations (self time: the op's own
+kernel, its children apart) into the same kinds, and prints both float32 steps side by side:
+the account of where PyTorch gains its lead. PyTorch runs one op at a time, each on both
+cores, so its sum is about its wall time.
 """
 import argparse
 import collections
@@ -77,6 +84,54 @@ def kind(opcode, inner, ynn):
   return 'other'
 
 
+# ATen operations by kind (names without 'aten::'); the rest is 'other elementwise' or 'other'.
+_TORCH_KINDS = (
+    ('matmul', r'(add|b|baddb)?mm|matmul|linear|(mkldnn_|_)?convolution(_backward)?'),
+    ('fused attention (matmuls + softmax)', r'_?scaled_dot_product\w*|_flash_attention\w*'),
+    ('LayerNorm, softmax (one kernel each)', r'native_layer_norm(_backward)?|_?(log_)?softmax'
+                                             r'(_backward_data)?'),
+    ('reduction', r'sum|mean|amax|max|_foreach_norm|linalg_vector_norm|norm'),
+    ('transpose or copy', r'copy_|clone|contiguous|_to_copy|to'),
+    ('slice, pad, concatenate', r'cat|slice_backward|select_backward|constant_pad_nd|index\w*'),
+    ('other', r'empty\w*|zeros?\w*|as_strided|view|reshape|t|transpose|permute|expand|'
+              r'unsqueeze|squeeze|flatten|detach|set_|resize_|item|_local_scalar_dense'))
+_TORCH_ELEMENTWISE = r'add_?|sub_?|mul_?|div_?|gelu(_backward)?|_foreach_\w+|addc(mul|div)_?|' \
+                     r'lerp_?|sqrt|rsqrt|pow|neg|fill_|zero_|where|clamp\w*|nll_loss\w*|' \
+                     r'threshold_backward|relu_?'
+
+
+def torch_kind(name):
+  """The kind of one ATen operation, e.g. 'aten::addmm' → 'matmul'."""
+  op = name.removeprefix('aten::')
+  for kind_name, pattern in _TORCH_KINDS:
+    if re.fullmatch(pattern, op):
+      return kind_name
+  if re.fullmatch(_TORCH_ELEMENTWISE, op):
+    return 'other elementwise'
+  return 'other'
+
+
+def profile_torch(step, steps):
+  """profile()'s answer for a PyTorch step: ATen ops' self CPU time by kind."""
+  import torch
+  step()
+  step()
+  walls = []
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      start = time.perf_counter()
+      step()
+      walls.append(time.perf_counter() - start)
+  by_kind, rows = collections.Counter(), []
+  for e in prof.key_averages():
+    if not e.key.startswith('aten::'):
+      continue  # Autograd nodes and profiler labels: their ATen children are counted.
+    ms = e.self_cpu_time_total / 1e3 / steps
+    by_kind[torch_kind(e.key)] += ms
+    rows.append((ms, e.key, f'{e.count // steps} calls', torch_kind(e.key)))
+  return by_kind, sorted(rows, reverse=True), 1e3 * statistics.median(walls)
+
+
 def profile(step, compiled, steps):
   """({kind: CPU ms per step}, [(ms per step, name, shape, kind)], wall ms per step)."""
   step()
@@ -114,35 +169,54 @@ def main():
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--top', type=int, default=0)
+  parser.add_argument('--peer', action='store_true')
   args = parser.parse_args()
   settings = {'float32': {}, 'bfloat16': {'dtype': 'bfloat16'}}
   results = {}
   for name, overrides in settings.items():
     step, (compiled, _) = precision.setup(args, jax.devices()[:1], **overrides)
     results[name] = profile(step, compiled, args.steps)
+  if args.peer:
+    import vit_throughput
+    results['PyTorch float32'] = profile_torch(
+        vit_throughput.pytorch(args.variant, args.image_size, args.batch, 1000), args.steps)
 
   print(f'\n{cpu_name()}; ViT-{args.variant} train step, {args.image_size}x{args.image_size}, '
         f'batch {args.batch}, 1 device, {args.steps} profiled steps; CPU ms per step by kind '
         'of operation\n')
-  print('| kind of operation | ' + ' | '.join(settings) + ' | float32 / bfloat16 |')
-  print('|---|' + '---|' * (len(settings) + 1))
-  for k in KINDS + ('all operations', 'step wall time'):
-    if k == 'all operations':
-      ms = [sum(results[n][0].values()) for n in settings]
-    elif k == 'step wall time':
-      ms = [results[n][2] for n in settings]
-    else:
-      ms = [results[n][0][k] for n in settings]
-    if not any(ms):
-      continue
-    ratio = f'{ms[0] / ms[-1]:.2f}x' if ms[-1] else '-'
-    print(f'| {k} | ' + ' | '.join(f'{m:.1f}' for m in ms) + f' | {ratio} |')
-  for name in settings if args.top else ():
+  kind_table(results, list(settings), KINDS)
+  if args.peer:
+    print('\nOurs against PyTorch, both float32 (PyTorch: ATen self times)\n')
+    by_kind, _, wall = results['float32']
+    ours = collections.Counter()
+    for k, ms in by_kind.items():  # YNNPACK's and XLA's matmuls in one row.
+      ours['matmul' if k.startswith('matmul') else k] += ms
+    kinds = tuple(dict.fromkeys([k for k, _ in _TORCH_KINDS] + list(KINDS[2:])))
+    kind_table({'ours': (ours, None, wall), 'PyTorch': results['PyTorch float32']},
+               ['ours', 'PyTorch'], kinds)
+  for name in results if args.top else ():
     print(f'\nCostliest operations, {name} (CPU ms per step)\n')
     print('| ms | operation | result | kind |')
     print('|---|---|---|---|')
     for ms, op, shape, k in results[name][1][:args.top]:
       print(f'| {ms:.1f} | {op} | {shape.split("{")[0]} | {k} |')
+
+
+def kind_table(results, names, kinds):
+  """One row per kind of operation: each setting's CPU ms per step, and the first over the last."""
+  print('| kind of operation | ' + ' | '.join(names) + f' | {names[0]} / {names[-1]} |')
+  print('|---|' + '---|' * (len(names) + 1))
+  for k in kinds + ('all operations', 'step wall time'):
+    if k == 'all operations':
+      ms = [sum(results[n][0].values()) for n in names]
+    elif k == 'step wall time':
+      ms = [results[n][2] for n in names]
+    else:
+      ms = [results[n][0][k] for n in names]
+    if not any(ms):
+      continue
+    ratio = f'{ms[0] / ms[-1]:.2f}x' if ms[0] and ms[-1] else '-'
+    print(f'| {k} | ' + ' | '.join(f'{m:.1f}' for m in ms) + f' | {ratio} |')
 
 
 if __name__ == '__main__':

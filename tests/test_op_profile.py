@@ -54,3 +54,20 @@ def test_operations_are_sorted_into_kinds_by_their_hlo():
   assert kinds['transpose_fusion'] == 'transpose or copy'
   assert kinds['multiply_fusion'] == 'other elementwise'
   assert ops['ynn_fusion.1'][0] == 'f32[4,8]{1,0}'
+
+
+def test_pytorch_operations_are_sorted_into_the_same_kinds():
+  """--peer's side: ATen names (as torch.profiler reports them) into the same kinds."""
+  kinds = {name: op_profile.torch_kind(f'aten::{name}') for name in (
+      'addmm', 'mm', 'bmm', 'convolution_backward', '_scaled_dot_product_flash_attention_for_cpu',
+      'native_layer_norm_backward', '_softmax', 'sum', '_foreach_norm', 'copy_', 'cat',
+      'gelu_backward', '_foreach_addcdiv_', 'empty_strided', 'transpose', 'some_new_op')}
+  assert kinds == {
+      'addmm': 'matmul', 'mm': 'matmul', 'bmm': 'matmul', 'convolution_backward': 'matmul',
+      '_scaled_dot_product_flash_attention_for_cpu': 'fused attention (matmuls + softmax)',
+      'native_layer_norm_backward': 'LayerNorm, softmax (one kernel each)',
+      '_softmax': 'LayerNorm, softmax (one kernel each)', 'sum': 'reduction',
+      '_foreach_norm': 'reduction', 'copy_': 'transpose or copy',
+      'cat': 'slice, pad, concatenate', 'gelu_backward': 'other elementwise',
+      '_foreach_addcdiv_': 'other elementwise', 'empty_strided': 'other',
+      'transpose': 'other', 'some_new_op': 'other'}
