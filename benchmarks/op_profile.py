@@ -3,6 +3,7 @@
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py                  # ViT-Ti/16, batch 8
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --variant=S/16 --top=15
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --peer     # + Hugging Face's, float32
+  XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --family=detr  # float32, with its peer
 
 Runs the ViT train step under jax.profiler, reads the per-operation times from its trace and
 sorts each compiled operation into a kind by what its HLO computes: matmuls (YNNPACK's or
@@ -15,7 +16,8 @@ time, which is printed too. --top lists the costliest single operations of each 
 float32 step) under torch.profiler too, sorts its ATen operations (self time: the op's own
 kernel, its children apart) into the same kinds, and prints both float32 steps side by side:
 the account of where PyTorch gains its lead. PyTorch runs one op at a time, each on both
-cores, so its sum is about its wall time.
+cores, so its sum is about its wall time. --family=detr does the same for
+benchmarks/detr_throughput.py's DETR pair (float32 only; the peer always).
 """
 import argparse
 import collections
@@ -86,7 +88,8 @@ def kind(opcode, inner, ynn):
 
 # ATen operations by kind (names without 'aten::'); the rest is 'other elementwise' or 'other'.
 _TORCH_KINDS = (
-    ('matmul', r'(add|b|baddb)?mm|matmul|linear|(mkldnn_|_)?convolution(_backward)?'),
+    ('matmul, convolution', r'(add|b|baddb)?mm|matmul|linear|(mkldnn_|_)?convolution'
+                            r'(_backward)?'),
     ('fused attention (matmuls + softmax)', r'_?scaled_dot_product\w*|_flash_attention\w*'),
     ('LayerNorm, softmax (one kernel each)', r'native_layer_norm(_backward)?|_?(log_)?softmax'
                                              r'(_backward_data)?'),
@@ -101,7 +104,7 @@ _TORCH_ELEMENTWISE = r'add_?|sub_?|mul_?|div_?|gelu(_backward)?|_foreach_\w+|add
 
 
 def torch_kind(name):
-  """The kind of one ATen operation, e.g. 'aten::addmm' → 'matmul'."""
+  """The kind of one ATen operation, e.g. 'aten::addmm' → 'matmul, convolution'."""
   op = name.removeprefix('aten::')
   for kind_name, pattern in _TORCH_KINDS:
     if re.fullmatch(pattern, op):
@@ -170,27 +173,36 @@ def main():
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--top', type=int, default=0)
   parser.add_argument('--peer', action='store_true')
+  parser.add_argument('--family', default='vit', choices=('vit', 'detr'))
   args = parser.parse_args()
-  settings = {'float32': {}, 'bfloat16': {'dtype': 'bfloat16'}}
-  results = {}
-  for name, overrides in settings.items():
-    step, (compiled, _) = precision.setup(args, jax.devices()[:1], **overrides)
-    results[name] = profile(step, compiled, args.steps)
-  if args.peer:
-    import vit_throughput
-    results['PyTorch float32'] = profile_torch(
-        vit_throughput.pytorch(args.variant, args.image_size, args.batch, 1000), args.steps)
+  if args.family == 'vit':
+    settings = {'float32': {}, 'bfloat16': {'dtype': 'bfloat16'}}
+    results = {}
+    for name, overrides in settings.items():
+      step, (compiled, _) = precision.setup(args, jax.devices()[:1], **overrides)
+      results[name] = profile(step, compiled, args.steps)
+    if args.peer:
+      import vit_throughput
+      results['PyTorch float32'] = profile_torch(
+          vit_throughput.pytorch(args.variant, args.image_size, args.batch, 1000), args.steps)
+    what = f'ViT-{args.variant} train step, {args.image_size}x{args.image_size}'
+  else:
+    step, compiled, peer = detr_pair()
+    results = {'float32': profile(step, compiled, args.steps),
+               'PyTorch float32': profile_torch(peer, args.steps)}
+    args.peer, args.batch = True, 32
+    what = "detr_throughput.py's DETR train step, 128x128"
 
-  print(f'\n{cpu_name()}; ViT-{args.variant} train step, {args.image_size}x{args.image_size}, '
-        f'batch {args.batch}, 1 device, {args.steps} profiled steps; CPU ms per step by kind '
-        'of operation\n')
-  kind_table(results, list(settings), KINDS)
+  print(f'\n{cpu_name()}; {what}, batch {args.batch}, 1 device, {args.steps} profiled steps; '
+        'CPU ms per step by kind of operation\n')
+  if args.family == 'vit':
+    kind_table(results, list(settings), KINDS)
   if args.peer:
     print('\nOurs against PyTorch, both float32 (PyTorch: ATen self times)\n')
     by_kind, _, wall = results['float32']
     ours = collections.Counter()
     for k, ms in by_kind.items():  # YNNPACK's and XLA's matmuls in one row.
-      ours['matmul' if k.startswith('matmul') else k] += ms
+      ours['matmul, convolution' if k.startswith('matmul') else k] += ms
     kinds = tuple(dict.fromkeys([k for k, _ in _TORCH_KINDS] + list(KINDS[2:])))
     kind_table({'ours': (ours, None, wall), 'PyTorch': results['PyTorch float32']},
                ['ours', 'PyTorch'], kinds)
@@ -200,6 +212,27 @@ def main():
     print('|---|---|---|---|')
     for ms, op, shape, k in results[name][1][:args.top]:
       print(f'| {ms:.1f} | {op} | {shape.split("{")[0]} | {k} |')
+
+
+def detr_pair():
+  """(our DETR step, its compiled program, Hugging Face's step) as detr_throughput.py pairs
+  them: ResNet-10 with frozen BatchNorm at stride 32, 2+6 layers, batch 32 of 128x128."""
+  import numpy as np
+  import detr_throughput
+  from configs import detr as detr_config
+  from timing import our_train_step
+  from vit_jax import sharding
+  config = detr_config.get_config()
+  config.update_from_flattened_dict({'batch_size': 32, 'data.canvas': 128,
+                                     'model.backbone_norm': 'frozen_bn', 'loss.matcher': 'scipy',
+                                     'model.dilation': 0, 'model.num_decoder_layers': 6})
+  data = detr_throughput.synthetic_batch(np.random.default_rng(0), 32, 128,
+                                         config.data.max_boxes, 3)
+  step, trainer = our_train_step(config, data)
+  batch = sharding.global_batch(data, trainer.mesh)
+  compiled = trainer.lower_train_step(trainer.abstract_state, batch, trainer.rng).compile()
+  peer = detr_throughput.torch_train(trainer.task.model, 3, data, config.optim.learning_rate)
+  return step, compiled, peer
 
 
 def kind_table(results, names, kinds):

@@ -63,7 +63,8 @@ def test_pytorch_operations_are_sorted_into_the_same_kinds():
       'native_layer_norm_backward', '_softmax', 'sum', '_foreach_norm', 'copy_', 'cat',
       'gelu_backward', '_foreach_addcdiv_', 'empty_strided', 'transpose', 'some_new_op')}
   assert kinds == {
-      'addmm': 'matmul', 'mm': 'matmul', 'bmm': 'matmul', 'convolution_backward': 'matmul',
+      'addmm': 'matmul, convolution', 'mm': 'matmul, convolution',
+      'bmm': 'matmul, convolution', 'convolution_backward': 'matmul, convolution',
       '_scaled_dot_product_flash_attention_for_cpu': 'fused attention (matmuls + softmax)',
       'native_layer_norm_backward': 'LayerNorm, softmax (one kernel each)',
       '_softmax': 'LayerNorm, softmax (one kernel each)', 'sum': 'reduction',
