@@ -4,6 +4,7 @@
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --variant=S/16 --top=15
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --peer     # + Hugging Face's, float32
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --family=detr  # float32, with its peer
+  XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --family=transformer
 
 Runs the ViT train step under jax.profiler, reads the per-operation times from its trace and
 sorts each compiled operation into a kind by what its HLO computes: matmuls (YNNPACK's or
@@ -16,8 +17,9 @@ time, which is printed too. --top lists the costliest single operations of each 
 float32 step) under torch.profiler too, sorts its ATen operations (self time: the op's own
 kernel, its children apart) into the same kinds, and prints both float32 steps side by side:
 the account of where PyTorch gains its lead. PyTorch runs one op at a time, each on both
-cores, so its sum is about its wall time. --family=detr does the same for
-benchmarks/detr_throughput.py's DETR pair (float32 only; the peer always).
+cores, so its sum is about its wall time. --family=detr and --family=transformer do the same
+for the pairs of benchmarks/detr_throughput.py and transformer_throughput.py (float32 only;
+the peer always).
 """
 import argparse
 import collections
@@ -173,7 +175,7 @@ def main():
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--top', type=int, default=0)
   parser.add_argument('--peer', action='store_true')
-  parser.add_argument('--family', default='vit', choices=('vit', 'detr'))
+  parser.add_argument('--family', default='vit', choices=('vit', 'detr', 'transformer'))
   args = parser.parse_args()
   if args.family == 'vit':
     settings = {'float32': {}, 'bfloat16': {'dtype': 'bfloat16'}}
@@ -185,16 +187,15 @@ def main():
       import vit_throughput
       results['PyTorch float32'] = profile_torch(
           vit_throughput.pytorch(args.variant, args.image_size, args.batch, 1000), args.steps)
-    what = f'ViT-{args.variant} train step, {args.image_size}x{args.image_size}'
+    what = f'ViT-{args.variant} train step, {args.image_size}x{args.image_size}, batch {args.batch}'
   else:
-    step, compiled, peer = detr_pair()
+    step, compiled, peer, what = PAIRS[args.family]()
     results = {'float32': profile(step, compiled, args.steps),
                'PyTorch float32': profile_torch(peer, args.steps)}
-    args.peer, args.batch = True, 32
-    what = "detr_throughput.py's DETR train step, 128x128"
+    args.peer = True
 
-  print(f'\n{cpu_name()}; {what}, batch {args.batch}, 1 device, {args.steps} profiled steps; '
-        'CPU ms per step by kind of operation\n')
+  print(f'\n{cpu_name()}; {what}, 1 device, {args.steps} profiled steps; CPU ms per step by '
+        'kind of operation\n')
   if args.family == 'vit':
     kind_table(results, list(settings), KINDS)
   if args.peer:
@@ -214,25 +215,50 @@ def main():
       print(f'| {ms:.1f} | {op} | {shape.split("{")[0]} | {k} |')
 
 
+def our_step(config, data):
+  """(our train step on data, its compiled program, the trainer)."""
+  from timing import our_train_step
+  from vit_jax import sharding
+  step, trainer = our_train_step(config, data)
+  batch = sharding.global_batch(data, trainer.mesh)
+  return step, trainer.lower_train_step(trainer.abstract_state, batch, trainer.rng).compile(
+      ), trainer
+
+
 def detr_pair():
-  """(our DETR step, its compiled program, Hugging Face's step) as detr_throughput.py pairs
-  them: ResNet-10 with frozen BatchNorm at stride 32, 2+6 layers, batch 32 of 128x128."""
+  """(our step, its compiled program, Hugging Face's step, a title) as detr_throughput.py
+  pairs them: ResNet-10 with frozen BatchNorm at stride 32, 2+6 layers, batch 32 of 128x128."""
   import numpy as np
   import detr_throughput
   from configs import detr as detr_config
-  from timing import our_train_step
-  from vit_jax import sharding
   config = detr_config.get_config()
   config.update_from_flattened_dict({'batch_size': 32, 'data.canvas': 128,
                                      'model.backbone_norm': 'frozen_bn', 'loss.matcher': 'scipy',
                                      'model.dilation': 0, 'model.num_decoder_layers': 6})
   data = detr_throughput.synthetic_batch(np.random.default_rng(0), 32, 128,
                                          config.data.max_boxes, 3)
-  step, trainer = our_train_step(config, data)
-  batch = sharding.global_batch(data, trainer.mesh)
-  compiled = trainer.lower_train_step(trainer.abstract_state, batch, trainer.rng).compile()
+  step, compiled, trainer = our_step(config, data)
   peer = detr_throughput.torch_train(trainer.task.model, 3, data, config.optim.learning_rate)
-  return step, compiled, peer
+  return step, compiled, peer, "detr_throughput.py's DETR train step, 128x128, batch 32"
+
+
+def transformer_pair():
+  """detr_pair() for transformer_throughput.py's pair: the default translation model against
+  torch.nn.Transformer, batch 64, lengths 48, dropout off."""
+  import numpy as np
+  import transformer_throughput
+  from configs import transformer as transformer_config
+  from vit_jax import train
+  config = transformer_config.get_config()
+  config.update_from_flattened_dict({'batch_size': 64, 'model.dropout_rate': 0.0})
+  vocab = train.Trainer(config).task.model.vocab_size  # As the variant and overrides resolve.
+  data = transformer_throughput.batch_of(np.random.default_rng(0), 64, 48, 48, vocab)
+  step, compiled, trainer = our_step(config, data)
+  peer = transformer_throughput.torch_train(trainer.task.model, vocab, data)
+  return step, compiled, peer, "transformer_throughput.py's train step, batch 64, lengths 48"
+
+
+PAIRS = {'detr': detr_pair, 'transformer': transformer_pair}
 
 
 def kind_table(results, names, kinds):
