@@ -9,7 +9,7 @@ held-out images.
   python main.py --config=configs/deformable_detr.py --workdir=/tmp/deformable_shapes
   Measured: COCO AP 0.623 (AP50 0.893, AP75 0.717) on the 500 held-out images after the
   default 3,500 steps, in 19 min 19 s on a 2-core AMD EPYC (Zen 4) CPU (3.1 steps/s); 3,000
-  steps gave 0.597 in 16 min. DETR (configs/detr.py) reaches 0.50-0.54 in 18 min.
+  steps gave 0.597 in 16 min. DETR (configs/detr.py) reaches 0.50-0.54 in 16-18 min.
 
 Arguments (comma-separated): 'tiny' for tests and smoke runs; 'refine' for iterative bounding
 box refinement (§4.2); 'two_stage' for two-stage Deformable DETR (§4.2, with refinement);
