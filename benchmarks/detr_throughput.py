@@ -82,6 +82,18 @@ def torch_train(m, num_classes, data, lr):
   return step
 
 
+def paired_config(family, batch, canvas):
+  """Our config for the pair with Hugging Face's: their ResNet has no dilation (DETR at
+  stride 32) and their detectors freeze BatchNorm, so ours too, and both sides do the same
+  work; DETR with the paper's six decoder layers (the shapes default has three)."""
+  config = {'detr': detr_config, 'deformable': deformable_config}[family].get_config()
+  config.update_from_flattened_dict({'batch_size': batch, 'data.canvas': canvas,
+                                     'model.backbone_norm': 'frozen_bn', 'loss.matcher': 'scipy'})
+  if family == 'detr':
+    config.model.update(dilation=0, num_decoder_layers=6)
+  return config
+
+
 def scipy_loop(cost):
   for c in cost:
     scipy.optimize.linear_sum_assignment(c)
@@ -116,15 +128,8 @@ def main():
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   runs, models, flops = {}, {}, {}
-  for family, config_lib in (('detr', detr_config), ('deformable', deformable_config)):
-    config = config_lib.get_config()
-    # Hugging Face's ResNet has no dilation (DETR at stride 32) and its detectors freeze
-    # BatchNorm: ours too, so both sides do the same work.
-    config.update_from_flattened_dict({'batch_size': args.batch, 'data.canvas': args.canvas,
-                                       'model.backbone_norm': 'frozen_bn',
-                                       'loss.matcher': 'scipy'})
-    if family == 'detr':  # The paper's six decoder layers (the shapes default has three).
-      config.model.update(dilation=0, num_decoder_layers=6)
+  for family in ('detr', 'deformable'):
+    config = paired_config(family, args.batch, args.canvas)
     data = synthetic_batch(rng, args.batch, args.canvas, config.data.max_boxes, 3)
     runs[family], trainer = our_train_step(config, data)
     flops[family] = runs[family].flops

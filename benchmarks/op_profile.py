@@ -132,8 +132,9 @@ def profile_torch(step, steps):
     if not e.key.startswith('aten::'):
       continue  # Autograd nodes and profiler labels: their ATen children are counted.
     ms = e.self_cpu_time_total / 1e3 / steps
-    by_kind[torch_kind(e.key)] += ms
-    rows.append((ms, e.key, f'{e.count // steps} calls', torch_kind(e.key)))
+    kind_name = torch_kind(e.key)
+    by_kind[kind_name] += ms
+    rows.append((ms, e.key, f'{e.count // steps} calls', kind_name))
   return by_kind, sorted(rows, reverse=True), 1e3 * statistics.median(walls)
 
 
@@ -188,17 +189,16 @@ def main():
       results['PyTorch float32'] = profile_torch(
           vit_throughput.pytorch(args.variant, args.image_size, args.batch, 1000), args.steps)
     what = f'ViT-{args.variant} train step, {args.image_size}x{args.image_size}, batch {args.batch}'
-  else:
+  else:  # The peer always: a single float32 column would compare nothing.
     step, compiled, peer, what = PAIRS[args.family]()
     results = {'float32': profile(step, compiled, args.steps),
                'PyTorch float32': profile_torch(peer, args.steps)}
-    args.peer = True
 
   print(f'\n{cpu_name()}; {what}, 1 device, {args.steps} profiled steps; CPU ms per step by '
         'kind of operation\n')
   if args.family == 'vit':
     kind_table(results, list(settings), KINDS)
-  if args.peer:
+  if 'PyTorch float32' in results:
     print('\nOurs against PyTorch, both float32 (PyTorch: ATen self times)\n')
     by_kind, _, wall = results['float32']
     ours = collections.Counter()
@@ -230,11 +230,7 @@ def detr_pair():
   pairs them: ResNet-10 with frozen BatchNorm at stride 32, 2+6 layers, batch 32 of 128x128."""
   import numpy as np
   import detr_throughput
-  from configs import detr as detr_config
-  config = detr_config.get_config()
-  config.update_from_flattened_dict({'batch_size': 32, 'data.canvas': 128,
-                                     'model.backbone_norm': 'frozen_bn', 'loss.matcher': 'scipy',
-                                     'model.dilation': 0, 'model.num_decoder_layers': 6})
+  config = detr_throughput.paired_config('detr', 32, 128)
   data = detr_throughput.synthetic_batch(np.random.default_rng(0), 32, 128,
                                          config.data.max_boxes, 3)
   step, compiled, trainer = our_step(config, data)
@@ -245,14 +241,8 @@ def detr_pair():
 def transformer_pair():
   """detr_pair() for transformer_throughput.py's pair: the default translation model against
   torch.nn.Transformer, batch 64, lengths 48, dropout off."""
-  import numpy as np
   import transformer_throughput
-  from configs import transformer as transformer_config
-  from vit_jax import train
-  config = transformer_config.get_config()
-  config.update_from_flattened_dict({'batch_size': 64, 'model.dropout_rate': 0.0})
-  vocab = train.Trainer(config).task.model.vocab_size  # As the variant and overrides resolve.
-  data = transformer_throughput.batch_of(np.random.default_rng(0), 64, 48, 48, vocab)
+  config, vocab, data = transformer_throughput.paired_setup(64, 48)
   step, compiled, trainer = our_step(config, data)
   peer = transformer_throughput.torch_train(trainer.task.model, vocab, data)
   return step, compiled, peer, "transformer_throughput.py's train step, batch 64, lengths 48"

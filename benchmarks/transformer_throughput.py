@@ -31,6 +31,15 @@ def batch_of(rng, batch, src_len, tgt_len, vocab):
   return {'source': source, 'target_in': target[:, :-1], 'target_out': target[:, 1:]}
 
 
+def paired_setup(batch, length):
+  """(our config, its model's vocabulary size, a batch) for the pair with torch: the default
+  translation model with dropout off, as torch's side runs it."""
+  config = transformer_config.get_config()
+  config.update_from_flattened_dict({'batch_size': batch, 'model.dropout_rate': 0.0})
+  vocab = train.Trainer(config).task.model.vocab_size  # As the variant and overrides resolve.
+  return config, vocab, batch_of(np.random.default_rng(0), batch, length, length, vocab)
+
+
 def torch_train(m, vocab, data):
   """m: our Transformer module (its sizes)."""
   import torch
@@ -64,13 +73,9 @@ def main():
   parser.add_argument('--length', type=int, default=48)
   parser.add_argument('--rounds', type=int, default=5)
   args = parser.parse_args()
-  config = transformer_config.get_config()
-  config.update_from_flattened_dict({'batch_size': args.batch, 'model.dropout_rate': 0.0})
-  m = train.Trainer(config).task.model  # The sizes the variant and overrides resolve to.
-  vocab = m.vocab_size
-  rng = np.random.default_rng(0)
-  data = batch_of(rng, args.batch, args.length, args.length, vocab)
+  config, vocab, data = paired_setup(args.batch, args.length)
   ours_step, trainer = our_train_step(config, data)
+  m = trainer.task.model
   torch_step = torch_train(m, vocab, data)
 
   params = trainer.initial_state()['params']
