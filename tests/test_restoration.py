@@ -118,6 +118,22 @@ def test_contrastive_option_adds_its_terms():
   np.testing.assert_allclose(loss, np.mean(l1) + 0.1 * np.mean(contrastive), rtol=1e-5)
 
 
+def test_denoise_config_trains_its_one_task_on_every_row():
+  config = ipt_config.get_config('denoise,tiny')
+  assert ipt_config.get_config('denoise').total_steps == 4000 and config.total_steps == 4
+  task = tasks.get_task('restoration')(config, None)
+  assert task.tasks == ['noise25']
+  rng = np.random.default_rng(0)
+  clean = rng.integers(0, 256, (5, 12, 12, 3)).astype(np.uint8)
+  batch = {'input_noise25': clean + rng.normal(0, 25, clean.shape).astype(np.float32),
+           'target_noise25': clean}
+  params = task.init(jax.random.key(0), batch)
+  loss, terms = task.loss_fn(params, batch, jax.random.key(1))
+  restored, _ = task.restore(params, batch['input_noise25'], 0)
+  every_row = np.abs(np.asarray(restored, np.float64) - clean / 255).mean()
+  np.testing.assert_allclose([loss, terms['l1_noise25']], [every_row] * 2, rtol=1e-5)
+
+
 @pytest.mark.long
 def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_path, capsys):
   config = tiny()
