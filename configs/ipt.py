@@ -39,8 +39,9 @@ def get_config(arg=''):
       features=16, patch_size=3, num_layers=2, num_heads=4, mlp_dim=576,
       dropout_rate=0.0, attention_dropout_rate=0.0,
       input_skip=True))  # Learn the residual over the (upsampled) input; False: the paper's.
-  # IPT's patch-level contrastive loss (Eq. 4; the paper's weight is 0.1).
-  c.loss = ml_collections.ConfigDict(dict(contrastive_weight=0.0, temperature=0.1))
+  # pixel: 'l1' (the paper's) or 'l2'; IPT's patch-level contrastive loss (Eq. 4; the
+  # paper's weight is 0.1).
+  c.loss = ml_collections.ConfigDict(dict(pixel='l1', contrastive_weight=0.0, temperature=0.1))
   c.data = ml_collections.ConfigDict(dict(
       name='skimage', data_dir='', train_split='train', eval_split='test',
       canvas=24,        # Input side; targets are canvas x the task's scale.
@@ -54,6 +55,10 @@ def get_config(arg=''):
   # are clean images, degraded for the task first (seed) and scored against the originals.
   c.restore = ml_collections.ConfigDict(dict(
       input='', task='', output='', overlap=8, batch_size=64, degrade=False, seed=0))
+  # Geometric self-ensemble at inference (evaluation, plots, --mode=restore): the mean of the
+  # outputs for the input's 8 flips and quarter turns, each turned back (EDSR+, Lim et al.
+  # 2017); 8x the inference cost, none in training.
+  c.self_ensemble = False
   c.total_steps = 3000
   c.batch_size = 32
   c.eval_batch_size = 128

@@ -134,6 +134,58 @@ def test_denoise_config_trains_its_one_task_on_every_row():
   np.testing.assert_allclose([loss, terms['l1_noise25']], [every_row] * 2, rtol=1e-5)
 
 
+def test_l2_pixel_loss_is_the_squared_error_and_unknown_losses_are_named():
+  config = ipt_config.get_config('denoise,tiny')
+  config.loss.pixel = 'l2'
+  task = tasks.get_task('restoration')(config, None)
+  rng = np.random.default_rng(0)
+  clean = rng.integers(0, 256, (4, 12, 12, 3)).astype(np.uint8)
+  batch = {'input_noise25': clean + rng.normal(0, 25, clean.shape).astype(np.float32),
+           'target_noise25': clean}
+  params = task.init(jax.random.key(0), batch)
+  loss, terms = task.loss_fn(params, batch, jax.random.key(1))
+  restored, _ = task.restore(params, batch['input_noise25'], 0)
+  squared = np.square(np.asarray(restored, np.float64) - clean / 255).mean()
+  np.testing.assert_allclose([loss, terms['l2_noise25']], [squared] * 2, rtol=1e-5)
+  config.loss.pixel = 'l3'
+  with pytest.raises(errors.UserError, match=re.escape(
+      "Unknown loss.pixel 'l3'; expected one of ['l1', 'l2'].")):
+    task.loss_fn(params, batch, jax.random.key(1))
+
+
+def test_self_ensemble_averages_the_outputs_of_the_eight_symmetries_turned_back():
+  x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+  views = [np.asarray(restoration.dihedral(x, k)) for k in range(8)]
+  assert len({v.tobytes() for v in views}) == 8  # Eight different views ...
+  for k, view in enumerate(views):  # ... each undone by its inverse.
+    np.testing.assert_array_equal(restoration.dihedral(view, k, inverse=True), x)
+  config = ipt_config.get_config('denoise,tiny')
+  task = tasks.get_task('restoration')(config, None)
+  noisy = np.random.default_rng(0).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
+  params = task.init(jax.random.key(0), {'input_noise25': noisy})
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+  single = lambda v: task.restore(params, v, 0)[0]
+  expected = np.mean([restoration.dihedral(single(restoration.dihedral(noisy, k)), k,
+                                           inverse=True) for k in range(8)], 0)
+  plain = np.asarray(single(noisy))
+  config.self_ensemble = True
+  ensembled = np.asarray(task.restore(params, noisy, 0)[0])
+  np.testing.assert_allclose(ensembled, expected, rtol=1e-5, atol=2e-5)
+  assert np.abs(ensembled - plain).max() > 1e-3  # The model alone is not symmetric.
+
+
+def test_a_validation_split_of_photographs_is_carved_from_the_training_ones():
+  c = ipt_config.get_config().data
+  names = lambda source: [source.describe(i).split("'")[1] for i in range(len(source))]
+  assert names(data.make_source(c, 'train[2:4]')) == ['chelsea', 'clock']
+  rest = names(data.make_source(c, 'train[:2]+train[4:]'))
+  assert len(rest) == 12 and not {'chelsea', 'clock'} & set(rest)
+  with pytest.raises(errors.UserError, match=re.escape(
+      "Unknown split 'valid' for data.name='skimage'; expected 'train' or 'test', optionally "
+      "sliced ('train[2:4]', 'train[:2]+train[4:]').")):
+    data.make_source(c, 'valid')
+
+
 @pytest.mark.long
 def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_path, capsys):
   config = tiny()

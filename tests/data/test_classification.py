@@ -54,8 +54,14 @@ def test_a_validation_split_is_carved_from_the_training_split():
     classification.Digits('valid[:10]')
   with pytest.raises(ValueError, match=re.escape(
       "Unreadable split 'train[0.5:]'; expected a name, optionally sliced as TFDS slices: "
-      "'train', 'train[:3600]', 'train[90%:]'.")):
+      "'train', 'train[:3600]', 'train[90%:]', 'train[:2]+train[4:]'.")):
     classification.Digits('train[0.5:]')
+  both = classification.Digits('train[:10]+train[-144:]')  # A '+' union of slices.
+  np.testing.assert_array_equal(both.labels, np.concatenate([train.labels[:10], tail.labels]))
+  with pytest.raises(ValueError, match=re.escape(
+      "Split 'train[:10]+test[:10]' joins slices of ['test', 'train']; a union takes slices "
+      "of one split.")):
+    classification.Digits('train[:10]+test[:10]')
 
 
 def test_tfds_source_and_preprocessing(tmp_path):

