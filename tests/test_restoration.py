@@ -118,37 +118,37 @@ def test_contrastive_option_adds_its_terms():
   np.testing.assert_allclose(loss, np.mean(l1) + 0.1 * np.mean(contrastive), rtol=1e-5)
 
 
-def test_denoise_config_trains_its_one_task_on_every_row():
+def denoise_step(rows, **overrides):
+  """The tiny denoise config without the ensemble (the loss sees the plain outputs), one loss
+  on `rows` noisy random crops: (task, params, batch, loss, terms, the restored images'
+  error against the clean ones in float64)."""
   config = ipt_config.get_config('denoise,tiny')
-  assert config.self_ensemble and config.optim.learning_rate == 4e-3
-  config.self_ensemble = False  # The loss is on the plain outputs.
+  config.update_from_flattened_dict(dict(self_ensemble=False, **overrides))
   task = tasks.get_task('restoration')(config, None)
-  assert task.tasks == ['noise25']
   rng = np.random.default_rng(0)
-  clean = rng.integers(0, 256, (5, 12, 12, 3)).astype(np.uint8)
+  clean = rng.integers(0, 256, (rows, 12, 12, 3)).astype(np.uint8)
   batch = {'input_noise25': clean + rng.normal(0, 25, clean.shape).astype(np.float32),
            'target_noise25': clean}
   params = task.init(jax.random.key(0), batch)
   loss, terms = task.loss_fn(params, batch, jax.random.key(1))
   restored, _ = task.restore(params, batch['input_noise25'], 0)
-  every_row = np.abs(np.asarray(restored, np.float64) - clean / 255).mean()
+  return task, params, batch, loss, terms, np.asarray(restored, np.float64) - clean / 255
+
+
+def test_denoise_config_trains_its_one_task_on_every_row():
+  config = ipt_config.get_config('denoise,tiny')
+  assert config.self_ensemble and config.optim.learning_rate == 4e-3
+  task, _, _, loss, terms, error = denoise_step(5)
+  assert task.tasks == ['noise25']
+  every_row = np.abs(error).mean()
   np.testing.assert_allclose([loss, terms['l1_noise25']], [every_row] * 2, rtol=1e-5)
 
 
 def test_l2_pixel_loss_is_the_squared_error_and_unknown_losses_are_named():
-  config = ipt_config.get_config('denoise,tiny')
-  config.loss.pixel, config.self_ensemble = 'l2', False
-  task = tasks.get_task('restoration')(config, None)
-  rng = np.random.default_rng(0)
-  clean = rng.integers(0, 256, (4, 12, 12, 3)).astype(np.uint8)
-  batch = {'input_noise25': clean + rng.normal(0, 25, clean.shape).astype(np.float32),
-           'target_noise25': clean}
-  params = task.init(jax.random.key(0), batch)
-  loss, terms = task.loss_fn(params, batch, jax.random.key(1))
-  restored, _ = task.restore(params, batch['input_noise25'], 0)
-  squared = np.square(np.asarray(restored, np.float64) - clean / 255).mean()
-  np.testing.assert_allclose([loss, terms['l2_noise25']], [squared] * 2, rtol=1e-5)
-  config.loss.pixel = 'l3'
+  task, params, batch, loss, terms, error = denoise_step(4, **{'loss.pixel': 'l2'})
+  np.testing.assert_allclose([loss, terms['l2_noise25']], [np.square(error).mean()] * 2,
+                             rtol=1e-5)
+  task.config.loss.pixel = 'l3'
   with pytest.raises(errors.UserError, match=re.escape(
       "Unknown loss.pixel 'l3'; expected one of ['l1', 'l2'].")):
     task.loss_fn(params, batch, jax.random.key(1))
