@@ -93,11 +93,15 @@ def record(path, row):
 
 
 def cpu_name():
+  """'AMD EPYC (family 25 model 1, 2 cores)': the model name alone is ambiguous on clouds."""
   try:
     with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
+      fields = dict(line.split(':', 1) for line in f if ':' in line)  # The last CPU's.
+  except OSError:
     return platform.processor() or platform.machine()
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  return (f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family')} "
+          f"model {fields.get('model')}, {os.cpu_count()} cores)")
 
 
 def mean_std(values, fmt='{:.1f}'):
