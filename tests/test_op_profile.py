@@ -1,6 +1,10 @@
-"""benchmarks/op_profile.py: compiled operations sorted into kinds by what their HLO computes."""
+"""benchmarks/op_profile.py: compiled operations sorted into kinds by what their HLO computes;
+benchmarks/suite_time.py: where the test suite's time goes."""
 import os
 import sys
+import types
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
@@ -72,3 +76,29 @@ def test_pytorch_operations_are_sorted_into_the_same_kinds():
       'cat': 'slice, pad, concatenate', 'gelu_backward': 'other elementwise',
       '_foreach_addcdiv_': 'other elementwise', 'empty_strided': 'other',
       'transpose': 'other', 'some_new_op': 'other'}
+
+
+def test_suite_time_sorts_compiles_by_size_and_prints_where_the_time_went(tmp_path, monkeypatch,
+                                                                          capsys):
+  """benchmarks/suite_time.py: JAX's duration events, summed per test into kinds."""
+  import suite_time
+  monkeypatch.setattr(suite_time, 'OUT', str(tmp_path))
+  monkeypatch.setattr(sys, 'argv', ['suite_time.py'])
+  for name, events in (('tests/a.py::test_big', [('backend_compile_duration', 6.0),
+                                                 ('jaxpr_trace_duration', 1.0),
+                                                 ('jaxpr_to_mlir_module_duration', 0.5)]),
+                       ('tests/b.py::test_eager', [('backend_compile_duration', 0.05)] * 2)):
+    wrapper = suite_time.pytest_runtest_protocol(types.SimpleNamespace(nodeid=name), None)
+    next(wrapper)  # The test runs here.
+    for event, seconds in events:
+      suite_time._listen(f'/jax/core/compile/{event}', seconds, fun_name='f')
+    suite_time._listen('/jax/orbax/write/total_duration_secs', 9.0)  # Not a compile: ignored.
+    with pytest.raises(StopIteration):
+      next(wrapper)
+  suite_time.main()
+  out = capsys.readouterr().out
+  assert '2 tests' in out and '2 small compiles' in out
+  assert '| compile | 6 |' in out and '| compile, small | 0 |' in out and '| trace | 1 |' in out
+  assert '| tests/a.py::test_big |' in out.split('| test |')[1].splitlines()[2]
+  assert out.split('| test |')[1].splitlines()[3].startswith(
+      '| tests/b.py::test_eager | 0.0 | 0.0 | 0.1 | 0.0 | 0.0 |')
