@@ -20,7 +20,10 @@ import time
 
 import pytest
 
-OUT = os.path.join(tempfile.gettempdir(), 'vit_jax_suite_time')
+# Fixed when pytest loads the plugin, before tests/conftest.py gives the run a private TMPDIR,
+# and passed to the xdist workers through their environment.
+OUT = os.environ.setdefault('VIT_JAX_SUITE_TIME_DIR',
+                            os.path.join(tempfile.gettempdir(), 'vit_jax_suite_time'))
 EVENTS = {'/jax/core/compile/backend_compile_duration': 'compile',
           '/jax/core/compile/jaxpr_trace_duration': 'trace',
           '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
