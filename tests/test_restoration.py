@@ -12,7 +12,6 @@ from PIL import Image
 
 from configs import ipt as ipt_config
 from tests import helpers
-from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import pretrained
 from vit_jax import tasks
@@ -236,7 +235,7 @@ def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_pa
   # Fine-tuning on one of its tasks and a new one: the body and sr2 load, sr3 starts fresh.
   config = tiny(**{'model.tasks': ('sr2', 'sr3'), 'pretrained.path': export})
   task = tasks.get_task('restoration')(config, None)
-  fresh = compiling.run_once(task.init, jax.random.key(1), task.dummy_batch(2))
+  fresh = task.init(jax.random.key(1), task.dummy_batch(2))
   loaded = task.load_pretrained(fresh, export)
   saved = pretrained.load_npz(export)
   np.testing.assert_array_equal(loaded['body']['embedding']['kernel'],
@@ -249,8 +248,7 @@ def test_trainer_reports_baselines_draws_pictures_restores_and_fine_tunes(tmp_pa
   config = tiny(**{'model.features': 4, 'model.tasks': ('sr2',)})
   task = tasks.get_task('restoration')(config, None)
   with pytest.raises(errors.UserError, match=r"does not fit IPT for tasks \['sr2'\]"):
-    task.load_pretrained(compiling.run_once(task.init, jax.random.key(1), task.dummy_batch(2)),
-                         export)
+    task.load_pretrained(task.init(jax.random.key(1), task.dummy_batch(2)), export)
 
 
 @pytest.mark.parametrize('shape,scale', [((37, 50, 3), 1), ((20, 29, 3), 2), ((5, 30, 3), 2)])
