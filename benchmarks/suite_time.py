@@ -45,8 +45,8 @@ def _listen(event, duration, **_):
 
 def pytest_configure(config):
   del config
-  from jax._src import monitoring
-  monitoring.register_event_duration_secs_listener(_listen)
+  import jax.monitoring
+  jax.monitoring.register_event_duration_secs_listener(_listen)
   os.makedirs(OUT, exist_ok=True)
 
 
