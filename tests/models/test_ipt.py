@@ -100,7 +100,7 @@ def test_ipt_matches_the_pytorch_reference():
                   num_heads=4, mlp_dim=32)
   rng = np.random.default_rng(0)
   images = [rng.uniform(size=(2, 6, 6, 3)).astype(np.float32) for _ in tasks]
-  params = model.init(jax.random.key(0), images, method=ipt.IPT.all_tasks)['params']
+  params = model.init(jax.random.key(0), images, method=ipt.IPT.init_all_tasks)['params']
   leaves, tree = jax.tree.flatten(params)  # Biases and norms away from their 0s and 1s.
   params = tree.unflatten([x + 0.1 * rng.normal(size=x.shape).astype(np.float32)
                            for x in leaves])
@@ -110,6 +110,19 @@ def test_ipt_matches_the_pytorch_reference():
     assert aux['tokens'].shape == (2, 4, 72)
     expected = reference(params, images[k], task, scale, patch=3, heads=4, layers=2)
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=1e-4, err_msg=task)
+
+
+def test_init_all_tasks_creates_what_running_every_task_creates():
+  """The body runs once at init, not once per task: the same parameters, the same shapes."""
+  tasks, scales = ('noise25', 'sr2', 'sr3'), (1, 2, 3)
+  model = ipt.IPT(tasks, scales, image_size=6, features=8, num_layers=1, num_heads=4,
+                  mlp_dim=8)
+  images = [jnp.zeros((1, 6, 6, 3))] * len(tasks)
+  ours = jax.eval_shape(lambda: model.init(jax.random.key(0), images,
+                                           method=ipt.IPT.init_all_tasks))
+  every = jax.eval_shape(lambda: model.init(jax.random.key(0), images, method=lambda m, xs: [
+      m(x, t) for t, x in enumerate(xs)]))
+  assert ours == every
 
 
 def test_paper_model_shapes_and_parameter_count():
@@ -123,7 +136,7 @@ def test_paper_model_shapes_and_parameter_count():
   model = ipt.IPT(tasks, tuple(map(restoration.task_scale, tasks)), image_size=48, **m)
   images = [jnp.zeros((1, 48, 48, 3))] * len(tasks)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images,
-                                             method=ipt.IPT.all_tasks))['params']
+                                             method=ipt.IPT.init_all_tasks))['params']
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   assert count == PAPER_PARAMETERS
   out = jax.eval_shape(lambda p: model.apply({'params': p}, images[0], tasks.index('sr3')),
@@ -163,7 +176,7 @@ def test_input_skip_adds_the_upsampled_input():
   plain, skip = ipt.IPT(**settings), ipt.IPT(**settings, input_skip=True)
   images = [np.random.default_rng(k).uniform(size=(2, 6, 6, 3)).astype(np.float32)
             for k in range(2)]
-  params = plain.init(jax.random.key(0), images, method=ipt.IPT.all_tasks)
+  params = plain.init(jax.random.key(0), images, method=ipt.IPT.init_all_tasks)
   np.testing.assert_allclose(skip.apply(params, images[0], 0)[0] - images[0],
                              plain.apply(params, images[0], 0)[0] - np.array(ipt.MEAN_RGB),
                              atol=1e-6)

@@ -151,7 +151,7 @@ class RestorationTask(base.Task):
 
   def init(self, rng, batch):
     inputs = [batch[f'input_{t}'] / 255 for t in self.tasks]
-    return self.model.init({'params': rng}, inputs, method=ipt.IPT.all_tasks)['params']
+    return self.model.init({'params': rng}, inputs, method=ipt.IPT.init_all_tasks)['params']
 
   def restore(self, params, inputs, task, train=False, rng=None):
     """Inputs on 0..255 → (restored in [0, 1], aux) for task index `task`. With
