@@ -306,8 +306,12 @@ class DetectionTask(base.Task):
     encoder_attention.png (encoder self-attention from each object's centre). Objects are
     the boxes scoring over `threshold`; in an image with none (an undertrained model), the
     `top_k` best, marked '(top)', so the pictures are always drawn."""
+    drawn = self.detection_panels(params, num_images, threshold, top_k)
+    return self.draw_detections(*drawn, workdir, threshold, top_k)
+
+  def draw_detections(self, examples, panels, kept, aux, workdir, threshold, top_k):
+    """write_plots' pictures from detection_panels' results (→ their paths)."""
     from vit_jax import plots
-    examples, panels, kept, aux = self.detection_panels(params, num_images, threshold, top_k)
     paths = [plots.detections(panels, os.path.join(workdir, 'detections.png'),
                               f'Predicted boxes (score > {threshold}, else the top {top_k})')]
     cross = aux['decoder_attention'][-1]['cross'][0].mean(0)  # [Q, h*w], first image.

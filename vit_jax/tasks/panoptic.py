@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import losses
 from vit_jax import pretrained
@@ -220,31 +219,28 @@ class PanopticTask(detection.DetectionTask):
                                                    verbose=jax.process_index() == 0))
 
   def predict(self, params, batch, return_attention=True):
-    """As the detector's (the masks left out)."""
+    """As the detector's, and aux['panoptic']: each image's panoptic map on the canvas
+    (ids, labels, scores of panoptic_map)."""
     outputs, aux = self.model.apply({'params': params}, batch['image'], batch['pixel_mask'],
-                                    return_attention=return_attention, masks=False)
+                                    return_attention=return_attention)
+    aux = dict(aux, panoptic=self.panoptic_map(outputs, batch['image'].shape[1:3]))
     return self.postprocess(outputs['logits'][-1], outputs['boxes'][-1]) + (aux,)
 
   def write_plots(self, params, workdir, num_images=4, threshold=0.7, top_k=3):
     """The detector's pictures (detections.png, attention) and panoptic.png: eval images,
-    their ground truth and the predicted segments, one colour per segment."""
+    their ground truth and the predicted segments, one colour per segment. The model runs
+    once for both (predict's aux carries the panoptic maps)."""
     from vit_jax import plots
-    paths = super().write_plots(params, workdir, num_images, threshold, top_k)
-    examples, batch = self.first_eval_examples(num_images)
-
-    def predict(params, image, pixel_mask):
-      outputs, _ = self.model.apply({'params': params}, image, pixel_mask)
-      return self.panoptic_map(outputs, image.shape[1:3])
-
-    ids, labels, scores = jax.device_get(compiling.run_once(predict, params, batch['image'],
-                                                            batch['pixel_mask']))
+    examples, panels, kept, aux = self.detection_panels(params, num_images, threshold, top_k)
+    paths = self.draw_detections(examples, panels, kept, aux, workdir, threshold, top_k)
+    _, batch = self.first_eval_examples(num_images)
     names = self.sources[0].categories
-    panels = []
-    for e, m, lab, sc, size in zip(examples, ids, labels, scores, batch['size']):
+    figure = []
+    for e, m, lab, sc, size in zip(examples, *aux['panoptic'], batch['size']):
       pred = at_size(m + 1, size, e['image'].shape[:2])
       truth = {s: names[k] for s, (k, _) in e['segments_info'].items()}
       predicted = {int(s): f'{names[lab[s - 1]]} {sc[s - 1]:.2f}' for s in np.unique(pred) if s}
-      panels.append((e['image'], e['segments'], truth, pred, predicted))
-    paths.append(plots.panoptic(panels, os.path.join(workdir, 'panoptic.png')))
+      figure.append((e['image'], e['segments'], truth, pred, predicted))
+    paths.append(plots.panoptic(figure, os.path.join(workdir, 'panoptic.png')))
     return paths
 
