@@ -133,10 +133,16 @@ def test_main_trains_exports_and_reruns_from_the_workdir_alone(tmp_path):
   assert 'Final eval' in out.stdout and 'training_curves.png' in out.stdout
   assert 'Running on 1 cpu device (cpu) in 1 process, mesh data=1 x fsdp=1.' in out.stdout
   assert json.loads((tmp_path / 'config.json').read_text())['model']['num_layers'] == 1
-  # Export reads the run's own config.json: no --config needed, even for another folder.
+  # Export reads the run's own config.json: no --config needed, even for another folder,
+  # and even from a workdir older than a key (here export_path): it takes its default.
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  del saved['export_path']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
   out = run_main(f'--workdir={tmp_path}', '--mode=export',
                  f'--config.export_path={tmp_path}/new/params.npz')
   assert out.returncode == 0, out.stderr[-2000:]
+  assert (f'{tmp_path}/config.json has no export_path (added to the code after this run was '
+          'trained): taking the defaults of configs/vit.py.') in out.stderr
   assert f'Creating {tmp_path}/new' in out.stdout
   assert (tmp_path / 'new' / 'params.npz').exists()
   # A finished run, run again, says so and prints its final metrics.
@@ -148,6 +154,26 @@ def test_main_trains_exports_and_reruns_from_the_workdir_alone(tmp_path):
   assert (out.returncode, out.stderr.strip()) == (
       2, "Error: Unknown --mode='translate' for task 'classification'; expected one of "
       "['train', 'export', 'config'].")
+
+
+def test_a_saved_config_gains_the_keys_added_since_from_its_family(tmp_path, capsys):
+  from configs import workdir
+  from vit_jax import tasks
+  for task, family in workdir.FAMILY_CONFIGS.items():
+    module, _, arg = family.partition(':')
+    assert __import__(f'configs.{module}', fromlist=['_']).get_config(arg).task == task
+  assert sorted(workdir.FAMILY_CONFIGS) == sorted(tasks.TASKS)
+  saved = vit_config.get_config('tiny').to_dict()
+  del saved['distillation'], saved['optim']['clip_norm']
+  saved['optim']['learning_rate'] = 0.5
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = workdir.get_config(str(tmp_path))
+  assert config.optim.learning_rate == 0.5  # Saved values win.
+  assert config.optim.clip_norm == vit_config.get_config().optim.clip_norm
+  assert config.distillation == vit_config.get_config().distillation
+  assert capsys.readouterr().err == (
+      f'{tmp_path}/config.json has no distillation, optim.clip_norm (added to the code after '
+      'this run was trained): taking the defaults of configs/vit.py.\n')
 
 
 def test_config_mode_prints_the_docstring_and_every_key():
