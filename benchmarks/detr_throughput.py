@@ -43,8 +43,12 @@ def synthetic_batch(rng, batch, canvas, max_boxes, num_classes):
           'valid': valid}
 
 
-def torch_train(m, num_classes, data, lr):
-  """m: our DETR or DeformableDETR module (its sizes) → the same model in PyTorch."""
+def torch_train(m, num_classes, data, lr, train_backbone=True):
+  """m: our DETR or DeformableDETR module (its sizes) → the same model in PyTorch.
+  train_backbone: Hugging Face's detectors freeze backbone parameters by name ('stage.1', …),
+  which matches none of their own ResNet's ('stages.1', …), so its whole backbone would stay
+  frozen and its step skip the backbone's backward; ours trains every backbone weight
+  (frozen_stages=-1, as the shapes configs), so theirs does too unless this is False."""
   import torch
   import transformers as hf
   deformable = hasattr(m, 'num_feature_levels')
@@ -65,6 +69,7 @@ def torch_train(m, num_classes, data, lr):
     model = hf.DeformableDetrForObjectDetection(config).train()
   else:
     model = hf.DetrForObjectDetection(hf.DetrConfig(**sizes)).train()
+  model.model.backbone.requires_grad_(train_backbone)
   opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                           weight_decay=1e-4)
   pixels = torch.from_numpy(data['image'].transpose(0, 3, 1, 2).copy())
