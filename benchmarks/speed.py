@@ -50,9 +50,8 @@ def machine():
   import torch
   fields = cpu_fields()
   flags = [f for f in CPU_FLAGS if f in fields.get('flags', '').split()]
-  return (f'{datetime.date.today().isoformat()}; {cpu_name()} (family '
-          f'{fields.get("cpu family", "?")} model {fields.get("model", "?")}), '
-          f'{os.cpu_count()} cores, flags: {", ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; '
+  return (f'{datetime.date.today().isoformat()}; {cpu_name()}, flags: '
+          f'{", ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; '
           f'jax {jax.__version__}, torch {torch.__version__}')
 
 

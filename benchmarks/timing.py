@@ -14,16 +14,36 @@ from vit_jax import train
 
 
 def timed(fn):
+  """Seconds from the call until this process is idle again: XLA and PyTorch keep their
+  threads working after a call returns (80 ms of CPU after our ViT-Ti/16 step, 60-120 ms
+  after the 256x256 deformable sampling on a 2-core AMD EPYC Zen 3), work that belongs to
+  this call and would otherwise slow the next contender's."""
   t = time.perf_counter()
   fn()
-  return time.perf_counter() - t
+  return time.perf_counter() - t + busy_tail()
+
+
+def busy_tail(poll=0.005, limit=2.0):
+  """Waits until the process uses no CPU for `poll` seconds (the main thread sleeps: any use
+  is other threads'); → seconds it was still busy (at most `limit`)."""
+  start = busy_until = time.perf_counter()
+  cpu = time.process_time()
+  while busy_until - start < limit:
+    time.sleep(poll)
+    now = time.process_time()
+    if now - cpu < poll / 10:
+      break
+    cpu, busy_until = now, time.perf_counter()
+  return busy_until - start
 
 
 def alternate(runs, rounds, warmup=2):
   """runs: {name: fn}. Each fn runs `warmup` times (compilation), then once per round, in
-  turn, so drifts in machine speed hit every contender alike. → {name: [seconds]}."""
+  turn, so drifts in machine speed hit every contender alike; each timing includes the
+  call's busy tail (`timed`). → {name: [seconds]}."""
   for fn in list(runs.values()) * warmup:
     fn()
+  busy_tail()  # Each timed call starts on an idle process.
   times = {k: [] for k in runs}
   for _ in range(rounds):
     for k, fn in runs.items():

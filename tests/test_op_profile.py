@@ -1,7 +1,8 @@
 """benchmarks/op_profile.py: compiled operations sorted into kinds by what their HLO computes;
-benchmarks/suite_time.py: where the test suite's time goes."""
+benchmarks/suite_time.py: where the test suite's time goes; benchmarks/timing.py's timer."""
 import os
 import sys
+import time
 import types
 
 import pytest
@@ -102,3 +103,19 @@ def test_suite_time_sorts_compiles_by_size_and_prints_where_the_time_went(tmp_pa
   assert '| tests/a.py::test_big |' in out.split('| test |')[1].splitlines()[2]
   assert out.split('| test |')[1].splitlines()[3].startswith(
       '| tests/b.py::test_eager | 0.0 | 0.0 | 0.1 | 0.0 | 0.0 |')
+
+
+def test_timed_waits_for_the_work_a_call_leaves_running():
+  """benchmarks/timing.py: a call's background threads are charged to it, not to the next."""
+  import threading
+  import timing
+
+  def burn():
+    start = time.thread_time()
+    while time.thread_time() - start < 0.2:
+      pass
+
+  worker = threading.Thread(target=burn)
+  seconds = timing.timed(worker.start)  # Returns at once; the thread burns 0.2 s of CPU.
+  assert not worker.is_alive()
+  assert seconds >= 0.2
