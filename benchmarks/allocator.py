@@ -1,0 +1,88 @@
+"""Our train step under glibc's malloc and under jemalloc, in alternating processes.
+
+  .venv/bin/python benchmarks/allocator.py                   # ViT-Ti/16, batch 16
+  .venv/bin/python benchmarks/allocator.py --variant=S/16 --batch=8 --rounds=3
+
+XLA:CPU allocates a step's temporaries as one block (1 GiB for ViT-Ti/16 at batch 16). glibc
+serves a block that size with a fresh mmap and unmaps it when freed, so every step faults in
+its pages again and the kernel zeroes them; jemalloc told to keep freed memory
+(MALLOC_CONF below) hands the same pages back. The allocator is chosen when a process
+starts (LD_PRELOAD), so each setting runs in processes of its own, alternating. Each process
+times back-to-back steps after warm-up and reports the median step, the system CPU time and
+the page faults per step (getrusage). jemalloc: Debian's libjemalloc2 (apt-get install
+libjemalloc2); without it only glibc runs.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JEMALLOC = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2'
+# oversize_threshold:0: large blocks stay in the ordinary arenas (by default jemalloc purges
+# them at once); the decays keep freed pages a minute before returning them to the kernel.
+KEEP = 'oversize_threshold:0,dirty_decay_ms:60000,muzzy_decay_ms:60000'
+SETTINGS = {'glibc malloc': {}, 'jemalloc, freed memory kept': {'LD_PRELOAD': JEMALLOC,
+                                                               'MALLOC_CONF': KEEP}}
+
+
+def measure(variant, batch, steps):
+  """In this process: {'ms': median step, 'sys_ms', 'faults': per step}."""
+  sys.path.insert(0, HERE)
+  import vit_throughput
+  step = vit_throughput.ours(variant, 224, batch, 1000)
+  for _ in range(3):
+    step()
+  times = []
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {'ms': 1e3 * statistics.median(times),
+          'sys_ms': 1e3 * (after.ru_stime - before.ru_stime) / steps,
+          'faults': (after.ru_minflt - before.ru_minflt) / steps}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--variant', default='Ti/16')
+  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--steps', type=int, default=6, help='timed steps per process')
+  parser.add_argument('--rounds', type=int, default=3, help='processes per setting')
+  parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    print(json.dumps(measure(args.variant, args.batch, args.steps)))
+    return
+  settings = {k: v for k, v in SETTINGS.items() if not v or os.path.exists(JEMALLOC)}
+  results = {k: [] for k in settings}
+  for _ in range(args.rounds):
+    for name, env in settings.items():
+      out = subprocess.run([sys.executable, __file__, '--child', *sys.argv[1:]], check=True,
+                           env=dict(os.environ, XLA_FLAGS='', **env), capture_output=True,
+                           text=True)
+      results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+  print(f'ViT-{args.variant}, 224x224, batch {args.batch}, float32, our train step; '
+        f'{args.rounds} processes per setting, alternating, {args.steps} timed steps each\n')
+  print('| allocator | step ms (median of processes, min-max) | system CPU ms per step | '
+        'page faults per step | speed ratio |')
+  print('|---|---|---|---|---|')
+  base = statistics.median(r['ms'] for r in results['glibc malloc'])
+  for name, runs in results.items():
+    ms = [r['ms'] for r in runs]
+    print(f'| {name} | {statistics.median(ms):.0f} ({min(ms):.0f}-{max(ms):.0f}) | '
+          f'{statistics.median(r["sys_ms"] for r in runs):.0f} | '
+          f'{statistics.median(r["faults"] for r in runs):,.0f} | '
+          f'{base / statistics.median(ms):.2f}x |')
+  if len(settings) == 1:
+    print(f'\n(no {JEMALLOC}: only glibc measured)')
+
+
+if __name__ == '__main__':
+  main()
