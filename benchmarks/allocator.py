@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/allocator.py                   # ViT-Ti/16, batch 16
   .venv/bin/python benchmarks/allocator.py --variant=S/16 --batch=8 --rounds=3
+  .venv/bin/python benchmarks/allocator.py --family=transformer   # or detr (speed.py's pairs)
 
 XLA:CPU allocates a step's temporaries as one block (1 GiB for ViT-Ti/16 at batch 16). glibc
 serves a block that size with a fresh mmap and unmaps it when freed, so every step faults in
@@ -30,11 +31,29 @@ SETTINGS = {'glibc malloc': {}, 'jemalloc, freed memory kept': {'LD_PRELOAD': JE
                                                                'MALLOC_CONF': KEEP}}
 
 
-def measure(variant, batch, steps):
-  """In this process: {'ms': median step, 'sys_ms', 'faults': per step}."""
+def our_step(family, variant, batch):
+  """Our train step as the family's throughput benchmark builds it (ViT: variant and batch;
+  the Transformer and DETR: their default pairs)."""
   sys.path.insert(0, HERE)
-  import vit_throughput
-  step = vit_throughput.ours(variant, 224, batch, 1000)
+  if family == 'vit':
+    import vit_throughput
+    return vit_throughput.ours(variant, 224, batch, 1000)
+  import numpy as np
+  import timing
+  if family == 'transformer':
+    import transformer_throughput
+    config, _, data = transformer_throughput.paired_setup(64, 48)
+  else:
+    import detr_throughput
+    config = detr_throughput.paired_config('detr', 32, 128)
+    data = detr_throughput.synthetic_batch(np.random.default_rng(0), 32, 128,
+                                           config.data.max_boxes, 3)
+  return timing.our_train_step(config, data)[0]
+
+
+def measure(family, variant, batch, steps):
+  """In this process: {'ms': median step, 'sys_ms', 'faults': per step}."""
+  step = our_step(family, variant, batch)
   for _ in range(3):
     step()
   times = []
@@ -51,6 +70,7 @@ def measure(variant, batch, steps):
 
 def main():
   parser = argparse.ArgumentParser()
+  parser.add_argument('--family', default='vit', choices=('vit', 'transformer', 'detr'))
   parser.add_argument('--variant', default='Ti/16')
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--steps', type=int, default=6, help='timed steps per process')
@@ -58,7 +78,7 @@ def main():
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    print(json.dumps(measure(args.variant, args.batch, args.steps)))
+    print(json.dumps(measure(args.family, args.variant, args.batch, args.steps)))
     return
   settings = {k: v for k, v in SETTINGS.items() if not v or os.path.exists(JEMALLOC)}
   results = {k: [] for k in settings}
@@ -68,8 +88,11 @@ def main():
                            env=dict(os.environ, XLA_FLAGS='', **env), capture_output=True,
                            text=True)
       results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-  print(f'ViT-{args.variant}, 224x224, batch {args.batch}, float32, our train step; '
-        f'{args.rounds} processes per setting, alternating, {args.steps} timed steps each\n')
+  what = {'vit': f'ViT-{args.variant}, 224x224, batch {args.batch}',
+          'transformer': "transformer_throughput.py's Transformer, batch 64, lengths 48",
+          'detr': "detr_throughput.py's DETR, batch 32, 128x128"}[args.family]
+  print(f'{what}, float32, our train step; {args.rounds} processes per setting, alternating, '
+        f'{args.steps} timed steps each\n')
   print('| allocator | step ms (median of processes, min-max) | system CPU ms per step | '
         'page faults per step | speed ratio |')
   print('|---|---|---|---|---|')
