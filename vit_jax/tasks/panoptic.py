@@ -220,10 +220,11 @@ class PanopticTask(detection.DetectionTask):
 
   def predict(self, params, batch, return_attention=True):
     """As the detector's, and aux['panoptic']: each image's panoptic map on the canvas
-    (ids, labels, scores of panoptic_map)."""
+    (ids, labels, scores of panoptic_map) and the image's size on it."""
     outputs, aux = self.model.apply({'params': params}, batch['image'], batch['pixel_mask'],
                                     return_attention=return_attention)
-    aux = dict(aux, panoptic=self.panoptic_map(outputs, batch['image'].shape[1:3]))
+    aux = dict(aux, panoptic=(*self.panoptic_map(outputs, batch['image'].shape[1:3]),
+                              batch['size']))
     return self.postprocess(outputs['logits'][-1], outputs['boxes'][-1]) + (aux,)
 
   def write_plots(self, params, workdir, num_images=4, threshold=0.7, top_k=3):
@@ -233,10 +234,9 @@ class PanopticTask(detection.DetectionTask):
     from vit_jax import plots
     examples, panels, kept, aux = self.detection_panels(params, num_images, threshold, top_k)
     paths = self.draw_detections(examples, panels, kept, aux, workdir, threshold, top_k)
-    _, batch = self.first_eval_examples(num_images)
     names = self.sources[0].categories
     figure = []
-    for e, m, lab, sc, size in zip(examples, *aux['panoptic'], batch['size']):
+    for e, m, lab, sc, size in zip(examples, *aux['panoptic']):
       pred = at_size(m + 1, size, e['image'].shape[:2])
       truth = {s: names[k] for s, (k, _) in e['segments_info'].items()}
       predicted = {int(s): f'{names[lab[s - 1]]} {sc[s - 1]:.2f}' for s in np.unique(pred) if s}
