@@ -100,6 +100,26 @@ def test_decode_cache_equals_full_causal_pass(implementation):
   np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize('implementation', kernels.ATTENTION_IMPLS)
+def test_cached_memory_is_projected_once_and_read_after(implementation):
+  """Cross-attention while decoding: the sizing call projects the memory's keys and values
+  with the parameters it is given; later steps read them, whatever memory they are passed."""
+  rng = np.random.default_rng(5)
+  x, memory = (rng.normal(size=(2, n, 8)).astype(np.float32) for n in (4, 6))
+  mask = masks.key_padding_mask(np.array([[1] * 6, [1] * 4 + [0] * 2], bool))
+  full_module = attention.MultiHeadAttention(num_heads=2, implementation='plain')
+  params = full_module.init(jax.random.key(0), x, memory)
+  full, _ = full_module.apply(params, x, memory, mask=mask)
+  decoder = attention.MultiHeadAttention(num_heads=2, cache_memory=True,
+                                         implementation=implementation)
+  _, variables = decoder.apply(params, x, memory, mask=mask, mutable=['cache'])
+  cache = variables['cache']
+  assert cache['memory_key'].shape == (2, 2, 6, 4)  # Heads first: [B, H, S, Dh].
+  steps = [decoder.apply({**params, 'cache': cache}, x[:, t:t + 1], np.zeros_like(memory),
+                         mask=mask)[0] for t in range(4)]
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
 def test_segment_mask_blocks_other_segments_and_padding():
   seg = jnp.array([[1, 1, 2, 0]])
   m = np.asarray(masks.segment_mask(seg, seg))[0, 0]

@@ -76,8 +76,8 @@ def make(attention_kind, cell='gru', **kw):
                       embedding_size=6, dropout_rate=0.0, **kw)
   source = jnp.array([[5, 6, 7, 8, 0, 0], [4, 9, 10, 3, 7, 6]])
   target_in = jnp.array([[1, 5, 6, 7, 8], [1, 4, 4, 9, 0]])
-  # Not key 0: decoding sizes its cache with an init call from key 0, whose parameters must
-  # not leak into the decoded carry.
+  # Not key 0, which an init call sizing the cache would use: the decoded carry must come
+  # from these parameters.
   params = jax.jit(model.init)(jax.random.key(7), source, target_in)['params']
   return model, params, source, target_in
 

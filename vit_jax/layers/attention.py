@@ -60,6 +60,13 @@ def dot_product_attention(query, key, value, mask=None, *, scale=None, dropout_r
   return kernels.einsum('bhqk,bkhd->bqhd', probs, value, dtype).astype(dtype), weights
 
 
+def heads_first(x):
+  """[B, L, H, Dh] ↔ [B, H, L, Dh]. Decoding caches are kept heads first: the attention's
+  batched matmuls read that layout as it is, where [B, L, H, Dh] costs a transpose of the
+  whole cache at every step."""
+  return jnp.swapaxes(x, 1, 2)
+
+
 def _flat_init(init, shape, split):
   """Initialises as the 2-D matrix [prod(shape[:split]), prod(shape[split:])] that the kernel
   is used as (fan-in/fan-out of Flax's DenseGeneral), then reshapes."""
@@ -92,12 +99,15 @@ class MultiHeadAttention(nn.Module):
   Queries, keys and values come from separate inputs, so DETR can add positions to queries
   and keys but not to values. With `decode=True` keys and values are appended to a cache one
   step at a time (autoregressive decoding); call once with the full-length input to size it.
+  With `cache_memory=True` (cross-attention while decoding) the keys and values of the fixed
+  memory are projected on that sizing call and read from the cache at every step after.
   """
   num_heads: int
   qkv_features: Optional[int] = None
   out_features: Optional[int] = None
   dropout_rate: float = 0.0
   decode: bool = False
+  cache_memory: bool = False
   dtype: Any = jnp.float32
   implementation: str = 'fused'  # kernels.ATTENTION_IMPLS
   kernel_init: Any = nn.initializers.xavier_uniform()
@@ -131,12 +141,17 @@ class MultiHeadAttention(nn.Module):
                                  self.kernel_init, self.bias_init, name=name)()
                for x, names in groups for name in names}
 
+    memory_cached = self.cache_memory and self.has_variable('cache', 'memory_key')
+    if memory_cached:  # Only the queries are new.
+      groups = groups[:1]
     if self.implementation == 'plain':
       project = lambda x, w: (kernels.einsum('bld,dhk->blhk', x, w[0], self.dtype) +
                               w[1]).astype(self.dtype)
       qkv = {name: project(x, weights[name]) for x, names in groups for name in names}
     else:
       qkv = kernels.fused_projections(groups, weights, self.dtype)
+    if self.cache_memory:
+      qkv.update(self._memory_cache(qkv.get('key'), qkv.get('value')))
     query, key, value = qkv['query'], qkv['key'], qkv['value']  # [B, L, H, Dh]
 
     if self.decode:
@@ -159,26 +174,41 @@ class MultiHeadAttention(nn.Module):
       out = kernels.merge_heads(out, kernel, bias, self.dtype)
     return out, attention_weights if return_weights else None
 
+  def _memory_cache(self, key, value):
+    """{'key', 'value'}: stored on the sizing call (given), read on every call after (None)."""
+    if key is None:
+      return {'key': heads_first(self.get_variable('cache', 'memory_key')),
+              'value': heads_first(self.get_variable('cache', 'memory_value'))}
+    # The barrier keeps XLA from folding the stored layout back into the memory's, which it
+    # would then transpose at every step.
+    key_t, value_t = jax.lax.optimization_barrier((heads_first(key), heads_first(value)))
+    self.put_variable('cache', 'memory_key', key_t)
+    self.put_variable('cache', 'memory_value', value_t)
+    return {'key': key, 'value': value}
+
   def _update_cache(self, key, value, mask):
     """Writes this step's keys/values at the cache index; masks the slots not yet written."""
     initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    shape = heads_first(key).shape
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
     index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
     if not initialized:  # The init call only sizes the cache.
       return key, value, mask
-    batch, max_length = cached_key.value.shape[:2]
+    batch, _, max_length = cached_key.value.shape[:3]
     step = key.shape[1]
     i = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, heads_first(key),
+                                                    (0, 0, i, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, heads_first(value),
+                                                      (0, 0, i, 0))
     index.value = i + step
     # Query j of this step sits at position i + j and may see keys at positions ≤ i + j.
     positions = jnp.arange(max_length)[None, :] <= (i + jnp.arange(step))[:, None]
     cache_mask = jnp.broadcast_to(positions[None, None], (batch, 1, step, max_length))
     if mask is not None:  # A caller's mask covers the full cache length (e.g. key padding).
       cache_mask = jnp.logical_and(cache_mask, mask)
-    return cached_key.value, cached_value.value, cache_mask
+    return heads_first(cached_key.value), heads_first(cached_value.value), cache_mask
 
 
 class AttentionMap(nn.Module):

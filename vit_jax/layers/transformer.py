@@ -107,17 +107,20 @@ class _Block(nn.Module):
   droppath_rate: float = 0.0  # This block's rate (in a scanned stack: replaced per call).
   deterministic: bool = True
   return_attention: bool = False
-  decode: bool = False  # Self-attention reads and extends a key/value cache ('cache').
+  # Self-attention reads and extends a key/value cache ('cache'); cross-attention projects
+  # the memory's keys and values once, into the same cache.
+  decode: bool = False
 
   def norm(self, name):
     return nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.config.compute.dtype,
                         name=name)
 
-  def attention(self, name, decode=False):
+  def attention(self, name, decode=False, cache_memory=False):
     c = self.config
     return attention.MultiHeadAttention(
         c.num_heads, dropout_rate=c.attention_dropout_rate, decode=decode,
-        dtype=c.compute.dtype, implementation=c.compute.attention_impl, name=name)
+        cache_memory=cache_memory, dtype=c.compute.dtype,
+        implementation=c.compute.attention_impl, name=name)
 
   def residual(self, y, rate):
     """A branch's output before it is added back: dropout (§5.4), then stochastic depth."""
@@ -168,7 +171,7 @@ class DecoderBlock(_Block):
     rate = self.droppath_rate if droppath_rate is None else droppath_rate
     mlp = MlpBlock(self.config, self.deterministic, name='MlpBlock')
     self_attention = self.attention('SelfAttention', decode=self.decode)
-    cross_attention = self.attention('CrossAttention')
+    cross_attention = self.attention('CrossAttention', cache_memory=self.decode)
     self_branch = lambda y: self.attend(self_attention, y, query_pos, self_mask)
     cross_branch = lambda y: self.attend(cross_attention, y, query_pos, cross_mask, memory,
                                          memory_pos)

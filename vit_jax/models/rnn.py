@@ -17,7 +17,6 @@ collection holding the decoder's carry), so ops/decoding.py's cached greedy and 
 decode both families.
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from vit_jax import errors
@@ -161,20 +160,14 @@ class Seq2Seq(nn.Module):
     keys = memory if self.key_projection is None else self.key_projection(memory)
     y = self.dropout(self.embed(target_in), deterministic=not train)
     if self.decode and self.has_variable('cache', 'carry'):
-      # The first step starts from these parameters' initial carry (the cache was sized by an
-      # init call, whose parameters are not these).
-      first = self.get_variable('cache', 'index') == 0
-      carry = jax.tree.map(lambda start, cached: jnp.where(first, start, cached),
-                           self._initial_carry(summary), self.get_variable('cache', 'carry'))
-      carry, (out, weights) = self.step(carry, y[:, 0], memory, keys, mask, summary)
+      carry, (out, weights) = self.step(self.get_variable('cache', 'carry'), y[:, 0], memory,
+                                        keys, mask, summary)
       self.put_variable('cache', 'carry', carry)
-      self.put_variable('cache', 'index', self.get_variable('cache', 'index') + 1)
       out, weights = out[:, None], weights[:, None]
     else:
       carry = self._initial_carry(summary)
-      if self.decode:  # The init call sizes the cache.
+      if self.decode:  # The sizing call (decoding.init_cache) stores the first carry.
         self.put_variable('cache', 'carry', carry)
-        self.put_variable('cache', 'index', jnp.zeros((), jnp.int32))
       scan = nn.scan(lambda step, c, y_t, *rest: step(c, y_t, *rest),
                      variable_broadcast='params', split_rngs={'params': False},
                      in_axes=(1,) + (nn.broadcast,) * 4, out_axes=1)

@@ -9,14 +9,16 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e9
+MEMORY_CACHE = ('memory_key', 'memory_value')  # Cross-attention's, per sentence.
 
 
 def init_cache(model, params, memory, source, max_length):
-  """An empty cache sized for `max_length` target tokens."""
+  """A cache sized for `max_length` target tokens: nothing generated yet, the memory's
+  cross-attention keys and values already projected with `params`."""
   decoder = model.clone(decode=True)
   dummy = jnp.zeros((source.shape[0], max_length), jnp.int32)
-  variables = decoder.init(jax.random.key(0), memory, source, dummy,
-                           method=decoder.decode_logits)
+  _, variables = decoder.apply({'params': params}, memory, source, dummy,
+                               method=decoder.decode_logits, mutable=['cache'])
   return decoder, variables['cache']
 
 
@@ -105,13 +107,17 @@ def beam_search(model, params, source, *, beam_size, max_length, bos_id, eos_id,
   split = lambda x: x.reshape((batch, k) + x.shape[1:])  # [B*K, ...] → [B, K, ...]
 
   def gather_beams(tree, origin, stacked=False):
-    """Leaves [B*K, ...] (or [L, B*K, ...] when `stacked`) re-ordered by origin [B, K]."""
+    """Leaves [B*K, ...] (or [L, B*K, ...] when `stacked`) re-ordered by origin [B, K]. The
+    memory's cached keys and values are the same for every beam of a sentence: left as
+    they are."""
     def gather(x):
       if x.ndim == 0:
         return x
       x = split(x)
       return x[jnp.arange(batch)[:, None], origin].reshape((batch * k,) + x.shape[2:])
-    return jax.tree.map(jax.vmap(gather) if stacked else gather, tree)
+    gather = jax.vmap(gather) if stacked else gather
+    shared = lambda path: path and getattr(path[-1], 'key', None) in MEMORY_CACHE
+    return jax.tree_util.tree_map_with_path(lambda p, x: x if shared(p) else gather(x), tree)
 
   def keep_best(scores, best, *trees):  # Each leaf [B, N, ...] → its `best` [B, K] entries.
     pick = lambda x: jnp.take_along_axis(x, best.reshape(best.shape + (1,) * (x.ndim - 2)), 1)
