@@ -4,10 +4,13 @@ among the same rounds), headed by the machine and the versions that made it.
 
   .venv/bin/python benchmarks/speed.py                        # all of them, ~10 min on 2 cores
   .venv/bin/python benchmarks/speed.py --only=vit_s,detr --rounds=7
+  .venv/bin/python benchmarks/speed.py --jemalloc --out=benchmarks/results/throughput_jemalloc.md
 
 Each benchmark runs in a process of its own, on one device (XLA_FLAGS cleared: no simulated
-devices), so no thread pool or memory carries over from the one before. The report goes to
-stdout and, section by section as each ends, to --out.
+devices), so no thread pool or memory carries over from the one before. With --jemalloc
+those processes run under jemalloc told to keep freed memory (benchmarks/allocator.py), both
+sides of every table alike. The report goes to stdout and, section by section as each ends,
+to --out.
 """
 import argparse
 import datetime
@@ -17,6 +20,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from allocator import JEMALLOC, KEEP  # noqa: E402
 from timing import cpu_name  # noqa: E402
 
 BENCHMARKS = {  # name: (script and its arguments, what it compares)
@@ -43,16 +47,16 @@ def cpu_fields():
   return fields
 
 
-def machine():
+def machine(allocator):
   """The header: date, CPU (model, family, the flags that decide matmul speed, cores),
-  versions."""
+  versions, the allocator both sides ran under."""
   import jax
   import torch
   fields = cpu_fields()
   flags = [f for f in CPU_FLAGS if f in fields.get('flags', '').split()]
   return (f'{datetime.date.today().isoformat()}; {cpu_name()}, flags: '
           f'{", ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; '
-          f'jax {jax.__version__}, torch {torch.__version__}')
+          f'jax {jax.__version__}, torch {torch.__version__}; {allocator}')
 
 
 def main():
@@ -61,19 +65,27 @@ def main():
                       help=f'comma-separated, of {", ".join(BENCHMARKS)}')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--out', default=os.path.join(HERE, 'results', 'throughput.md'))
+  parser.add_argument('--jemalloc', action='store_true',
+                      help=f'run every benchmark under {JEMALLOC}, keeping freed memory')
   args = parser.parse_args()
   names = args.only.split(',')
   unknown = [n for n in names if n not in BENCHMARKS]
   if unknown:
     parser.error(f'unknown benchmark(s) {unknown}; expected some of {list(BENCHMARKS)}')
+  if args.jemalloc and not os.path.exists(JEMALLOC):
+    parser.error(f'--jemalloc: no {JEMALLOC} (Debian: apt-get install libjemalloc2)')
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   env = dict(os.environ, XLA_FLAGS='')
+  allocator = 'glibc malloc'
+  if args.jemalloc:
+    env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF=KEEP)
+    allocator = f'jemalloc (LD_PRELOAD={JEMALLOC} MALLOC_CONF={KEEP})'
   with open(args.out, 'w') as out:
     def write(text):
       print(text, flush=True)
       out.write(text + '\n')
       out.flush()
-    write(f'# Speed, side by side\n\n{machine()}\n')
+    write(f'# Speed, side by side\n\n{machine(allocator)}\n')
     for name in names:
       script, what = BENCHMARKS[name]
       command = [sys.executable, os.path.join(HERE, script[0]), *script[1:],

@@ -119,3 +119,19 @@ def test_timed_waits_for_the_work_a_call_leaves_running():
   seconds = timing.timed(worker.start)  # Returns at once; the thread burns 0.2 s of CPU.
   assert not worker.is_alive()
   assert seconds >= 0.2
+
+
+def test_allocator_settings_name_what_the_machine_lacks(tmp_path, monkeypatch):
+  import allocator
+  thp = tmp_path / 'enabled'
+  thp.write_text('always madvise [never]\n')
+  monkeypatch.setattr(allocator, 'THP', str(thp))
+  monkeypatch.setattr(allocator, 'JEMALLOC', str(tmp_path / 'libjemalloc.so.2'))
+  missing = {name: allocator.missing(env) for name, env in allocator.SETTINGS.items()}
+  assert missing == {
+      'glibc malloc': '',
+      'glibc malloc, transparent huge pages': f'transparent huge pages off ({thp})',
+      'jemalloc, freed memory kept': f'no {tmp_path}/libjemalloc.so.2'}
+  thp.write_text('always [madvise] never\n')
+  (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
+  assert not any(allocator.missing(env) for env in allocator.SETTINGS.values())
