@@ -271,6 +271,24 @@ def test_max_pools_give_the_max_and_its_whole_gradient_to_the_first_maximal_elem
   assert grad[0, 1, 2, 3] == 1 and grad[0, 2, 0, 3] == 0
 
 
+@pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_stem_max_pool_and_its_gradient_equal_pytorchs(shape):
+  """Values and gradients of torch's max_pool2d(3, 2, 1), ties included (integer-valued
+  inputs: many windows hold several maxima, each gives its gradient to the first)."""
+  import torch
+  rng = np.random.default_rng(1)
+  for x in (feature_map(shape), rng.integers(0, 3, shape).astype(np.float32)):
+    dy = rng.normal(size=(shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3]))
+    dy = dy.astype(np.float32)
+    y, vjp = jax.vjp(conv_lib.stem_max_pool, jnp.asarray(x))
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    expected = torch.nn.functional.max_pool2d(t, 3, 2, 1)
+    expected.backward(torch.from_numpy(dy).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(y, expected.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(vjp(jnp.asarray(dy))[0], t.grad.permute(0, 2, 3, 1).numpy(),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize('module', [ca.GlobalContext(), sa.NonLocal(), sa.DualAttention()],
                          ids=['gc', 'nonlocal', 'danet'])
 def test_zero_initialised_blocks_start_as_the_identity(module):

@@ -21,7 +21,7 @@ from vit_jax import errors
 from vit_jax.layers import channel_attention as ca
 from vit_jax.layers import conv as conv_lib
 from vit_jax.layers import spatial_attention as sa
-from vit_jax.layers.conv import conv
+from vit_jax.layers.conv import conv, stem_max_pool
 
 VARIANTS = {
     'resnet18': dict(block='basic', depths=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
@@ -190,7 +190,7 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = conv(self.stem_width, 7, 2, name='stem_conv', dtype=self.dtype)(x)
       x = nn.relu(norm_layer(self.norm, 'stem_bn', train)(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = stem_max_pool(x)
     else:
       x = conv(self.stem_width, 3, 1, name='stem_conv', dtype=self.dtype)(x)
       x = nn.relu(norm_layer(self.norm, 'stem_bn', train)(x))
