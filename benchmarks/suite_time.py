@@ -31,22 +31,40 @@ EVENTS = {'/jax/core/compile/backend_compile_duration': 'compile',
 SMALL = 0.1  # Seconds: compiles below it are counted as small programs.
 KINDS = ('compile', 'compile, small', 'trace', 'lower')
 
-_seconds = collections.Counter()
+class Recorder:
+  """Per test, the seconds of JAX's compile events, appended to <out>/<pid>.jsonl. The plugin
+  keeps one; a unit test can keep its own without touching the run's records."""
+
+  def __init__(self, out):
+    self.out = out
+    self.seconds = collections.Counter()
+    self.started = None
+
+  def listen(self, event, duration, **_):
+    kind = EVENTS.get(event)
+    if kind == 'compile' and duration < SMALL:
+      kind = 'compile, small'
+      self.seconds['small compiles'] += 1
+    if kind:
+      self.seconds[kind] += duration
+
+  def start(self):
+    self.seconds.clear()
+    self.started = time.perf_counter()
+
+  def finish(self, test):
+    record = {'test': test, 'wall': time.perf_counter() - self.started, **self.seconds}
+    with open(os.path.join(self.out, f'{os.getpid()}.jsonl'), 'a') as f:
+      f.write(json.dumps(record) + '\n')
 
 
-def _listen(event, duration, **_):
-  kind = EVENTS.get(event)
-  if kind == 'compile' and duration < SMALL:
-    kind = 'compile, small'
-    _seconds['small compiles'] += 1
-  if kind:
-    _seconds[kind] += duration
+_recorder = Recorder(OUT)
 
 
 def pytest_configure(config):
   del config
   import jax.monitoring
-  jax.monitoring.register_event_duration_secs_listener(_listen)
+  jax.monitoring.register_event_duration_secs_listener(_recorder.listen)
   os.makedirs(OUT, exist_ok=True)
 
 
@@ -60,12 +78,9 @@ def pytest_sessionstart(session):
 def pytest_runtest_protocol(item, nextitem):
   """Wraps each test (setup, call, teardown) and appends its record."""
   del nextitem
-  _seconds.clear()
-  start = time.perf_counter()
+  _recorder.start()
   yield
-  record = {'test': item.nodeid, 'wall': time.perf_counter() - start, **_seconds}
-  with open(os.path.join(OUT, f'{os.getpid()}.jsonl'), 'a') as f:
-    f.write(json.dumps(record) + '\n')
+  _recorder.finish(item.nodeid)
 
 
 def main():

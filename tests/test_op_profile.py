@@ -85,6 +85,9 @@ def test_suite_time_sorts_compiles_by_size_and_prints_where_the_time_went(tmp_pa
   import suite_time
   monkeypatch.setattr(suite_time, 'OUT', str(tmp_path))
   monkeypatch.setattr(sys, 'argv', ['suite_time.py'])
+  # A recorder of its own: with the plugin loaded, the run's records stay untouched.
+  recorder = suite_time.Recorder(str(tmp_path))
+  monkeypatch.setattr(suite_time, '_recorder', recorder)
   for name, events in (('tests/a.py::test_big', [('backend_compile_duration', 6.0),
                                                  ('jaxpr_trace_duration', 1.0),
                                                  ('jaxpr_to_mlir_module_duration', 0.5)]),
@@ -92,8 +95,8 @@ def test_suite_time_sorts_compiles_by_size_and_prints_where_the_time_went(tmp_pa
     wrapper = suite_time.pytest_runtest_protocol(types.SimpleNamespace(nodeid=name), None)
     next(wrapper)  # The test runs here.
     for event, seconds in events:
-      suite_time._listen(f'/jax/core/compile/{event}', seconds, fun_name='f')
-    suite_time._listen('/jax/orbax/write/total_duration_secs', 9.0)  # Not a compile: ignored.
+      recorder.listen(f'/jax/core/compile/{event}', seconds, fun_name='f')
+    recorder.listen('/jax/orbax/write/total_duration_secs', 9.0)  # Not a compile: ignored.
     with pytest.raises(StopIteration):
       next(wrapper)
   suite_time.main()
