@@ -60,6 +60,9 @@ def dot_product_attention(query, key, value, mask=None, *, scale=None, dropout_r
   return kernels.einsum('bhqk,bkhd->bqhd', probs, value, dtype).astype(dtype), weights
 
 
+MEMORY_CACHE = ('memory_key', 'memory_value')  # Cross-attention's cached keys and values.
+
+
 def heads_first(x):
   """[B, L, H, Dh] ↔ [B, H, L, Dh]. Decoding caches are kept heads first: the attention's
   batched matmuls read that layout as it is, where [B, L, H, Dh] costs a transpose of the
@@ -141,7 +144,7 @@ class MultiHeadAttention(nn.Module):
                                  self.kernel_init, self.bias_init, name=name)()
                for x, names in groups for name in names}
 
-    memory_cached = self.cache_memory and self.has_variable('cache', 'memory_key')
+    memory_cached = self.cache_memory and self.has_variable('cache', MEMORY_CACHE[0])
     if memory_cached:  # Only the queries are new.
       groups = groups[:1]
     if self.implementation == 'plain':
@@ -150,8 +153,11 @@ class MultiHeadAttention(nn.Module):
       qkv = {name: project(x, weights[name]) for x, names in groups for name in names}
     else:
       qkv = kernels.fused_projections(groups, weights, self.dtype)
-    if self.cache_memory:
-      qkv.update(self._memory_cache(qkv.get('key'), qkv.get('value')))
+    if memory_cached:
+      qkv['key'], qkv['value'] = (heads_first(self.get_variable('cache', name))
+                                  for name in MEMORY_CACHE)
+    elif self.cache_memory:
+      self._store_memory(qkv['key'], qkv['value'])
     query, key, value = qkv['query'], qkv['key'], qkv['value']  # [B, L, H, Dh]
 
     if self.decode:
@@ -174,17 +180,13 @@ class MultiHeadAttention(nn.Module):
       out = kernels.merge_heads(out, kernel, bias, self.dtype)
     return out, attention_weights if return_weights else None
 
-  def _memory_cache(self, key, value):
-    """{'key', 'value'}: stored on the sizing call (given), read on every call after (None)."""
-    if key is None:
-      return {'key': heads_first(self.get_variable('cache', 'memory_key')),
-              'value': heads_first(self.get_variable('cache', 'memory_value'))}
+  def _store_memory(self, key, value):
+    """The sizing call's memory keys and values, stored heads first for every step after."""
     # The barrier keeps XLA from folding the stored layout back into the memory's, which it
     # would then transpose at every step.
-    key_t, value_t = jax.lax.optimization_barrier((heads_first(key), heads_first(value)))
-    self.put_variable('cache', 'memory_key', key_t)
-    self.put_variable('cache', 'memory_value', value_t)
-    return {'key': key, 'value': value}
+    stored = jax.lax.optimization_barrier((heads_first(key), heads_first(value)))
+    for name, x in zip(MEMORY_CACHE, stored):
+      self.put_variable('cache', name, x)
 
   def _update_cache(self, key, value, mask):
     """Writes this step's keys/values at the cache index; masks the slots not yet written."""

@@ -8,8 +8,9 @@ model's cache; flax's WMT example has one as example code, not as a library.
 import jax
 import jax.numpy as jnp
 
+from vit_jax.layers.attention import MEMORY_CACHE
+
 NEG_INF = -1e9
-MEMORY_CACHE = ('memory_key', 'memory_value')  # Cross-attention's, per sentence.
 
 
 def init_cache(model, params, memory, source, max_length):
