@@ -132,6 +132,7 @@ class Trainer:
                                                     config.mesh.fsdp_min_size)
     batch_sh = sharding.batch_sharding(self.mesh)
     traced = lambda fn: sharding.traced_under(self.mesh, fn)
+    options = compiling.step_options(self.mesh)
     is_frozen = optim.frozen_mask(self.abstract_state['params'], config.optim.lr_multipliers)
     self.frozen = None  # The task's frozen_params() on the devices, once load_frozen() ran.
     self._train_step = jax.jit(traced(make_train_step(self.task, self.tx, config.accum_steps,
@@ -139,7 +140,7 @@ class Trainer:
                               in_shardings=(self.state_shardings, batch_sh, replicated,
                                             replicated),
                               out_shardings=(self.state_shardings, replicated, replicated),
-                              donate_argnums=0)
+                              donate_argnums=0, compiler_options=options)
 
     def eval_step(params, batch):
       """The task's pairs and outputs, the outputs' row weights, and the real examples."""
@@ -149,7 +150,7 @@ class Trainer:
 
     self.eval_step = jax.jit(traced(eval_step),
                              in_shardings=(self.state_shardings['params'], batch_sh),
-                             out_shardings=replicated)
+                             out_shardings=replicated, compiler_options=options)
 
     def features_step(params, batch):
       features, labels = self.task.representation(params, batch)
@@ -157,7 +158,7 @@ class Trainer:
 
     self.features_step = jax.jit(traced(features_step),
                                  in_shardings=(self.state_shardings['params'], batch_sh),
-                                 out_shardings=replicated)
+                                 out_shardings=replicated, compiler_options=options)
 
   def features(self, params, source, preprocess):
     """(features [N, D], labels [N]) of every example of `source`, numpy, in order."""
