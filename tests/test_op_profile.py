@@ -61,6 +61,12 @@ def test_operations_are_sorted_into_kinds_by_their_hlo():
   assert ops['ynn_fusion.1'][0] == 'f32[4,8]{1,0}'
 
 
+def test_time_with_no_traced_operation_is_the_step_less_the_union_of_their_spans():
+  assert op_profile.covered([(5, 6), (0, 2), (1, 3), (0, 1)]) == 4  # Overlaps count once.
+  assert op_profile.covered([(0, 10), (2, 3)]) == 10
+  assert op_profile.covered([]) == 0
+
+
 def test_pytorch_operations_are_sorted_into_the_same_kinds():
   """--peer's side: ATen names (as torch.profiler reports them) into the same kinds."""
   kinds = {name: op_profile.torch_kind(f'aten::{name}') for name in (
