@@ -4,6 +4,7 @@
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --variant=S/16 --top=15
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --peer     # + Hugging Face's, float32
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --family=detr  # float32, with its peer
+  XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --family=deformable
   XLA_FLAGS= .venv/bin/python benchmarks/op_profile.py --family=transformer
 
 Runs the ViT train step under jax.profiler, reads the per-operation times from its trace and
@@ -19,7 +20,7 @@ the costliest single operations of each setting.
 float32 step) under torch.profiler too, sorts its ATen operations (self time: the op's own
 kernel, its children apart) into the same kinds, and prints both float32 steps side by side:
 the account of where PyTorch gains its lead. PyTorch runs one op at a time, each on both
-cores, so its sum is about its wall time. --family=detr and --family=transformer do the same
+cores, so its sum is about its wall time. --family=detr, deformable and transformer do the same
 for the pairs of benchmarks/detr_throughput.py and transformer_throughput.py (float32 only;
 the peer always).
 """
@@ -193,7 +194,7 @@ def main():
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--top', type=int, default=0)
   parser.add_argument('--peer', action='store_true')
-  parser.add_argument('--family', default='vit', choices=('vit', 'detr', 'transformer'))
+  parser.add_argument('--family', default='vit', choices=('vit',) + tuple(PAIRS))
   args = parser.parse_args()
   if args.family == 'vit':
     settings = {'float32': {}, 'bfloat16': {'dtype': 'bfloat16'}}
@@ -242,17 +243,19 @@ def our_step(config, data):
       ), trainer
 
 
-def detr_pair():
+def detr_pair(family='detr'):
   """(our step, its compiled program, Hugging Face's step, a title) as detr_throughput.py
-  pairs them: ResNet-10 with frozen BatchNorm at stride 32, 2+6 layers, batch 32 of 128x128."""
+  pairs them: ResNet-10 with frozen BatchNorm, batch 32 of 128x128; DETR at stride 32 with
+  2+6 layers, or Deformable DETR (family='deformable')."""
   import numpy as np
   import detr_throughput
-  config = detr_throughput.paired_config('detr', 32, 128)
+  config = detr_throughput.paired_config(family, 32, 128)
   data = detr_throughput.synthetic_batch(np.random.default_rng(0), 32, 128,
                                          config.data.max_boxes, 3)
   step, compiled, trainer = our_step(config, data)
   peer = detr_throughput.torch_train(trainer.task.model, 3, data, config.optim.learning_rate)
-  return step, compiled, peer, "detr_throughput.py's DETR train step, 128x128, batch 32"
+  name = {'detr': 'DETR', 'deformable': 'Deformable DETR'}[family]
+  return step, compiled, peer, f"detr_throughput.py's {name} train step, 128x128, batch 32"
 
 
 def transformer_pair():
@@ -265,7 +268,8 @@ def transformer_pair():
   return step, compiled, peer, "transformer_throughput.py's train step, batch 64, lengths 48"
 
 
-PAIRS = {'detr': detr_pair, 'transformer': transformer_pair}
+PAIRS = {'detr': detr_pair, 'deformable': lambda: detr_pair('deformable'),
+         'transformer': transformer_pair}
 
 
 def kind_table(results, names, kinds):
