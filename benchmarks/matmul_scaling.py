@@ -80,8 +80,9 @@ def main():
   results = {}
   for cores in counts:
     out = subprocess.run([sys.executable, __file__, f'--batch={args.batch}',
-                          f'--length={args.length}', f'--width={args.width}', f'--rounds={args.rounds}',
-                          f'--cores={cores}'], check=True, capture_output=True, text=True)
+                          f'--length={args.length}', f'--width={args.width}',
+                          f'--rounds={args.rounds}', f'--cores={cores}'],
+                         check=True, capture_output=True, text=True)
     results[cores] = json.loads(out.stdout.strip().splitlines()[-1])
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from timing import cpu_name

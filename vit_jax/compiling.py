@@ -9,7 +9,7 @@ ONCE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes'
 
 # XLA:CPU's default library fusions (jax 0.10) less LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION:
 # convolutions run on XLA's own kernels instead of YNNPACK's, whose weight gradients are slow
-# (DETR's 7x7 stem: 19 ms against 9). The CNN families' train steps ran 1.10-1.2x faster, the
+# (DETR's 7x7 stem: 19 ms against 9). The CNN families' train steps ran 1.09-1.16x faster, the
 # ViT's and Deformable DETR's as before (benchmarks/conv_kernels.py).
 CPU_STEP = {'xla_cpu_experimental_ynn_fusion_type':
             'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
