@@ -39,7 +39,7 @@ def multi_scale_deformable_attention(value, shapes, locations, weights, sampling
   corner with one gather (backwards, one scatter-add), memory O(Q·L·P); 'dense' writes each
   query's bilinear weights over all S positions and multiplies them with the values, memory
   O(Q·S) but only elementwise work and matrix products: on a 2-core CPU, forward and
-  backward, 17-20x faster at S = 85, 8.2x at 340, 3.1x at 1,360
+  backward, 17-20x faster at S = 85, 8x at 340, 3x at 1,360
   (benchmarks/detr_throughput.py, Intel Xeon family 6 model 167). 'auto' is dense up to
   DENSE_MAX_POSITIONS positions.
   """
