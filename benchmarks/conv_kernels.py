@@ -23,8 +23,9 @@ from configs import resnet as resnet_config  # noqa: E402
 from configs import vit as vit_config  # noqa: E402
 from vit_jax import compiling, sharding, train  # noqa: E402
 
-YNN_DEFAULT = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
-               'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
+# XLA's default: the trainer's list with YNNPACK's convolutions back in.
+YNN_DEFAULT = {name: f'{fusions},LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
+               for name, fusions in compiling.CPU_STEP.items()}
 
 
 def detection(family, batch):
