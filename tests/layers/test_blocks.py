@@ -70,3 +70,16 @@ def test_droppath_drops_whole_examples_and_rescales():
   assert set(np.unique(per_example)) <= {0.0, 2.0}
   assert np.all(per_example.min(1) == per_example.max(1))
   assert 10 < (per_example[:, 0] == 0).sum() < 54
+
+
+def test_gelu_is_pytorchs_exact_gelu():
+  """Values and gradients of the 'gelu' activation against torch's exact GELU in float64,
+  across the range where its tails matter (erf saturates beyond |x| ≈ 4)."""
+  import torch
+  x = np.linspace(-12, 12, 4801).astype(np.float32)
+  t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+  y = torch.nn.functional.gelu(t)
+  dy, = torch.autograd.grad(y.sum(), t)
+  ours, vjp = jax.vjp(transformer.ACTIVATIONS['gelu'], jnp.asarray(x))
+  np.testing.assert_allclose(ours, y.detach().numpy(), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(vjp(jnp.ones_like(ours))[0], dy.numpy(), rtol=0, atol=2e-6)
