@@ -5,9 +5,12 @@ among the same rounds), headed by the machine and the versions that made it.
   .venv/bin/python benchmarks/speed.py                        # all of them, ~10 min on 2 cores
   .venv/bin/python benchmarks/speed.py --only=vit_s,detr --rounds=7
   .venv/bin/python benchmarks/speed.py --jemalloc --out=benchmarks/results/throughput_jemalloc.md
+  .venv/bin/python benchmarks/speed.py --cpu_devices=2 --out=benchmarks/results/two_devices.md
 
-Each benchmark runs in a process of its own, on one device (XLA_FLAGS cleared: no simulated
-devices), so no thread pool or memory carries over from the one before. With --jemalloc
+Each benchmark runs in a process of its own, so no thread pool or memory carries over from
+the one before; on one device (XLA_FLAGS cleared: no simulated devices), or with
+--cpu_devices=N on N CPU devices (JAX_NUM_CPU_DEVICES=N), our step then splitting its batch
+across them, as on N accelerators. PyTorch's step runs as it does either way, on every core. With --jemalloc
 those processes run under jemalloc told to keep freed memory (benchmarks/allocator.py), both
 sides of every table alike. The report goes to stdout and, section by section as each ends,
 to --out.
@@ -67,6 +70,8 @@ def main():
   parser.add_argument('--out', default=os.path.join(HERE, 'results', 'throughput.md'))
   parser.add_argument('--jemalloc', action='store_true',
                       help=f'run every benchmark under {JEMALLOC}, keeping freed memory')
+  parser.add_argument('--cpu_devices', type=int, default=1,
+                      help='our step on this many CPU devices, its batch split across them')
   args = parser.parse_args()
   names = args.only.split(',')
   unknown = [n for n in names if n not in BENCHMARKS]
@@ -75,7 +80,7 @@ def main():
   if args.jemalloc and not os.path.exists(JEMALLOC):
     parser.error(f'--jemalloc: no {JEMALLOC} (Debian: apt-get install libjemalloc2)')
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  env = dict(os.environ, XLA_FLAGS='')
+  env = dict(os.environ, XLA_FLAGS='', JAX_NUM_CPU_DEVICES=str(args.cpu_devices))
   allocator = 'glibc malloc'
   if args.jemalloc:
     env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF=KEEP)
@@ -85,7 +90,9 @@ def main():
       print(text, flush=True)
       out.write(text + '\n')
       out.flush()
-    write(f'# Speed, side by side\n\n{machine(allocator)}\n')
+    devices = (f'ours on {args.cpu_devices} CPU devices, the batch split across them'
+               if args.cpu_devices > 1 else 'ours on one device')
+    write(f'# Speed, side by side\n\n{machine(allocator)}; {devices}\n')
     for name in names:
       script, what = BENCHMARKS[name]
       command = [sys.executable, os.path.join(HERE, script[0]), *script[1:],

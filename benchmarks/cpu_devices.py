@@ -1,0 +1,85 @@
+"""Each family's train step on one CPU device against the same step on every CPU device of the
+process, its batch split across them (data parallel, as on that many accelerators), side by
+side in one process.
+
+  .venv/bin/python benchmarks/cpu_devices.py                   # 2 devices; every family
+  .venv/bin/python benchmarks/cpu_devices.py --devices=4 --only=vit_ti,transformer
+
+XLA:CPU runs one device's operations one at a time, each spread over the cores; its small
+matmuls gain little from the second core (benchmarks/matmul_scaling.py). N devices run N
+streams of operations at once, one per core. The process is given its devices through
+JAX_NUM_CPU_DEVICES, which a training run takes too:
+`JAX_NUM_CPU_DEVICES=2 python main.py --config=...`.
+"""
+import argparse
+import os
+import statistics
+import sys
+
+PARSER = argparse.ArgumentParser()
+PARSER.add_argument('--devices', type=int, default=2)
+PARSER.add_argument('--only', default='vit_ti,vit_s,transformer,detr')
+PARSER.add_argument('--rounds', type=int, default=7)
+ARGS = PARSER.parse_args()
+os.environ['JAX_NUM_CPU_DEVICES'] = str(ARGS.devices)  # Before JAX starts.
+
+import jax  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conv_kernels  # noqa: E402
+import transformer_throughput  # noqa: E402
+from timing import alternate, cpu_name  # noqa: E402
+
+from configs import vit as vit_config  # noqa: E402
+from vit_jax import sharding, train  # noqa: E402
+
+
+def vit(variant, batch):
+  """As benchmarks/vit_throughput.py times it."""
+  config = vit_config.get_config(variant)
+  config.update_from_flattened_dict({'data.image_size': 224, 'model.num_classes': 1000,
+                                     'optim.warmup_steps': 1})
+  return conv_kernels.classification(config, batch, 224, 3)
+
+
+FAMILIES = {  # name: (what, () → (config, one batch))
+    'vit_ti': ('ViT-Ti/16, batch 16, 224x224', lambda: vit('Ti/16', 16)),
+    'vit_s': ('ViT-S/16, batch 8, 224x224', lambda: vit('S/16', 8)),
+    'transformer': ("transformer_throughput.py's Transformer, batch 64, lengths 48",
+                    lambda: transformer_throughput.paired_setup(64, 48)[::2]),
+    'detr': ("detr_throughput.py's DETR, batch 32, 128x128",
+             lambda: conv_kernels.detection('detr', 32)),
+}
+
+
+def step(config, data, devices):
+  """A no-argument function running the train step on a mesh over `devices`."""
+  trainer = train.Trainer(config, devices=devices)
+  box = {'state': trainer.initial_state()}
+  batch = sharding.global_batch(data, trainer.mesh)
+
+  def run():
+    box['state'], metrics, _ = trainer.train_step(box['state'], batch, trainer.rng)
+    jax.block_until_ready(metrics)
+  return run
+
+
+def main():
+  devices = jax.devices()
+  print(f'\n{cpu_name()}; jax {jax.__version__}; float32 train steps, {ARGS.rounds} '
+        'alternating rounds, ms (median, min-max)\n')
+  print(f'| train step | 1 device | {len(devices)} devices | speed ratio |')
+  print('|---|---|---|---|')
+  for family in ARGS.only.split(','):
+    what, make = FAMILIES[family]
+    config, data = make()
+    times = list(alternate({'one': step(config, data, devices[:1]),
+                            'all': step(config, data, devices)}, ARGS.rounds).values())
+    cells = [f'{1e3 * statistics.median(t):.1f} ({1e3 * min(t):.1f}-{1e3 * max(t):.1f})'
+             for t in times]
+    ratio = statistics.median(times[0]) / statistics.median(times[1])
+    print(f'| {what} | {cells[0]} | {cells[1]} | {ratio:.2f}x |', flush=True)
+
+
+if __name__ == '__main__':
+  main()
