@@ -16,14 +16,7 @@ import os
 import statistics
 import sys
 
-PARSER = argparse.ArgumentParser()
-PARSER.add_argument('--devices', type=int, default=2)
-PARSER.add_argument('--only', default='vit_ti,vit_s,transformer,detr')
-PARSER.add_argument('--rounds', type=int, default=7)
-ARGS = PARSER.parse_args()
-os.environ['JAX_NUM_CPU_DEVICES'] = str(ARGS.devices)  # Before JAX starts.
-
-import jax  # noqa: E402
+import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import conv_kernels  # noqa: E402
@@ -65,16 +58,22 @@ def step(config, data, devices):
 
 
 def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--devices', type=int, default=2)
+  parser.add_argument('--only', default=','.join(FAMILIES))
+  parser.add_argument('--rounds', type=int, default=7)
+  args = parser.parse_args()
+  jax.config.update('jax_num_cpu_devices', args.devices)  # Before JAX starts.
   devices = jax.devices()
-  print(f'\n{cpu_name()}; jax {jax.__version__}; float32 train steps, {ARGS.rounds} '
+  print(f'\n{cpu_name()}; jax {jax.__version__}; float32 train steps, {args.rounds} '
         'alternating rounds, ms (median, min-max)\n')
   print(f'| train step | 1 device | {len(devices)} devices | speed ratio |')
   print('|---|---|---|---|')
-  for family in ARGS.only.split(','):
+  for family in args.only.split(','):
     what, make = FAMILIES[family]
     config, data = make()
     times = list(alternate({'one': step(config, data, devices[:1]),
-                            'all': step(config, data, devices)}, ARGS.rounds).values())
+                            'all': step(config, data, devices)}, args.rounds).values())
     cells = [f'{1e3 * statistics.median(t):.1f} ({1e3 * min(t):.1f}-{1e3 * max(t):.1f})'
              for t in times]
     ratio = statistics.median(times[0]) / statistics.median(times[1])
