@@ -9,7 +9,6 @@ alternately on their own copies of the state, medians over the rounds.
 """
 import argparse
 import os
-import statistics
 import sys
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import detr_throughput  # noqa: E402
-from timing import alternate, cpu_name  # noqa: E402
+from timing import alternate, cpu_name, pair_row  # noqa: E402
 
 from configs import resnet as resnet_config  # noqa: E402
 from configs import vit as vit_config  # noqa: E402
@@ -82,11 +81,7 @@ def main():
   print('|---|---|---|---|')
   for family in args.only.split(','):
     what, make = FAMILIES[family]
-    times = list(alternate(steps(*make()), args.rounds).values())
-    cells = [f'{1e3 * statistics.median(t):.1f} ({1e3 * min(t):.1f}-{1e3 * max(t):.1f})'
-             for t in times]
-    ratio = statistics.median(times[0]) / statistics.median(times[1])
-    print(f'| {what} | {cells[0]} | {cells[1]} | {ratio:.2f}x |', flush=True)
+    pair_row(what, *alternate(steps(*make()), args.rounds).values())
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ JAX_NUM_CPU_DEVICES, which a training run takes too:
 """
 import argparse
 import os
-import statistics
 import sys
 
 import jax
@@ -21,7 +20,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import conv_kernels  # noqa: E402
 import transformer_throughput  # noqa: E402
-from timing import alternate, cpu_name  # noqa: E402
+from timing import alternate, cpu_name, pair_row  # noqa: E402
 
 from configs import vit as vit_config  # noqa: E402
 from vit_jax import sharding, train  # noqa: E402
@@ -72,12 +71,9 @@ def main():
   for family in args.only.split(','):
     what, make = FAMILIES[family]
     config, data = make()
-    times = list(alternate({'one': step(config, data, devices[:1]),
-                            'all': step(config, data, devices)}, args.rounds).values())
-    cells = [f'{1e3 * statistics.median(t):.1f} ({1e3 * min(t):.1f}-{1e3 * max(t):.1f})'
-             for t in times]
-    ratio = statistics.median(times[0]) / statistics.median(times[1])
-    print(f'| {what} | {cells[0]} | {cells[1]} | {ratio:.2f}x |', flush=True)
+    times = alternate({'one': step(config, data, devices[:1]),
+                       'all': step(config, data, devices)}, args.rounds)
+    pair_row(what, times['one'], times['all'])
 
 
 if __name__ == '__main__':

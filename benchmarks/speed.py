@@ -10,7 +10,7 @@ among the same rounds), headed by the machine and the versions that made it.
 Each benchmark runs in a process of its own, so no thread pool or memory carries over from
 the one before; on one device (XLA_FLAGS cleared: no simulated devices), or with
 --cpu_devices=N on N CPU devices (JAX_NUM_CPU_DEVICES=N), our step then splitting its batch
-across them, as on N accelerators. PyTorch's step runs as it does either way, on every core. With --jemalloc
+across them, as on N accelerators; PyTorch's step runs on every core either way. With --jemalloc
 those processes run under jemalloc told to keep freed memory (benchmarks/allocator.py), both
 sides of every table alike. The report goes to stdout and, section by section as each ends,
 to --out.

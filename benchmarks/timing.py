@@ -51,6 +51,15 @@ def alternate(runs, rounds, warmup=2):
   return times
 
 
+def pair_row(what, first, second):
+  """A Markdown row comparing two settings: each one's median (min-max) ms, and the second's
+  speed ratio over the first."""
+  cells = [f'{1e3 * statistics.median(t):.1f} ({1e3 * min(t):.1f}-{1e3 * max(t):.1f})'
+           for t in (first, second)]
+  ratio = statistics.median(first) / statistics.median(second)
+  print(f'| {what} | {cells[0]} | {cells[1]} | {ratio:.2f}x |', flush=True)
+
+
 def table(title, unit, rows, work):
   """rows: [(label, times)]; the last row is the baseline of the speed ratio. `work` (items
   per call) gives the rate column; 0 leaves it out."""
