@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.optimize
+from jax.sharding import PartitionSpec as P
 
 from vit_jax import errors
+from vit_jax import sharding
 from vit_jax.ops import boxes as box_ops
 
 
@@ -73,14 +75,25 @@ SOLVERS = {'scipy': assign_scipy, 'device': assign_device}
 
 
 def hungarian(cost, valid, solver='scipy'):
-  """cost [..., Q, T], valid [..., T] → for each target, its matched query (−1 if padded)."""
+  """cost [..., B, Q, T], valid [..., B, T] → for each target, its matched query (−1 if
+  padded). B, the images, is the axis a mesh splits."""
   if solver not in SOLVERS:
     raise errors.UserError(f'Unknown matcher {solver!r}; expected one of {sorted(SOLVERS)}.')
   if cost.shape[-2] < cost.shape[-1]:
     raise errors.UserError(f'{cost.shape[-2]} queries cannot match up to {cost.shape[-1]} targets; '
                            'use model.num_queries ≥ data.max_boxes.')
-  lead, n = cost.shape[:-2], int(np.prod(cost.shape[:-2]))
   if cost.shape[-1] == 0:
     return jnp.zeros(valid.shape, jnp.int32)
-  flat = SOLVERS[solver](cost.reshape((n,) + cost.shape[-2:]), valid.reshape(n, -1))
-  return flat.reshape(lead + valid.shape[-1:])
+
+  def solve(cost, valid):
+    lead, n = cost.shape[:-2], int(np.prod(cost.shape[:-2]))
+    flat = SOLVERS[solver](cost.reshape((n,) + cost.shape[-2:]), valid.reshape(n, -1))
+    return flat.reshape(lead + valid.shape[-1:])
+
+  # Traced for a mesh (the trainer's), each device solves its own images: a host callback
+  # would otherwise gather every image's costs onto one device, and one host.
+  mesh, batch = jax.sharding.get_abstract_mesh(), cost.ndim - 3
+  if not mesh.empty and mesh.size > 1 and cost.shape[batch] % mesh.size == 0:
+    spec = P(*[None] * batch, sharding.BATCH_AXES)
+    solve = jax.shard_map(solve, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+  return solve(cost, valid)
