@@ -3,7 +3,7 @@
 Two exact solvers behind one interface, chosen by name: 'scipy' (`linear_sum_assignment`
 through a host callback: the fast path on CPU) and 'device' (`optax`'s jittable Hungarian
 algorithm: no host round trip, for accelerators). Both take the costs of every decoder layer
-and image in one batched call.
+and image in one batched call, one per device under the trainer's mesh.
 """
 import jax
 import jax.numpy as jnp
