@@ -20,6 +20,7 @@ import vit_throughput  # noqa: E402
 from timing import alternate, cpu_name, table  # noqa: E402
 
 from vit_jax.layers import transformer  # noqa: E402
+from vit_jax.models import vit  # noqa: E402
 
 FORMS = {'erf (the model\'s gelu)': transformer.gelu,
          'erfc (jax.nn.gelu, approximate=False)': lambda x: jax.nn.gelu(x, approximate=False)}
@@ -55,7 +56,7 @@ def main():
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--rounds', type=int, default=7)
   args = parser.parse_args()
-  width = {'Ti/16': 768, 'S/16': 1536, 'B/16': 3072}[args.variant]
+  width = vit.decode_variant(args.variant)['mlp_dim']
   x = jnp.asarray(np.random.default_rng(0).normal(size=(args.batch * 197, width)), jnp.float32)
   times = alternate({**{f: alone(fn, x) for f, fn in FORMS.items()},
                      'PyTorch gelu': torch_alone(x)}, args.rounds * 3)

@@ -20,10 +20,14 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import conv_kernels  # noqa: E402
 import transformer_throughput  # noqa: E402
-from timing import alternate, cpu_name, pair_row  # noqa: E402
+from timing import alternate, cpu_name, our_train_step, pair_row  # noqa: E402
 
 from configs import vit as vit_config  # noqa: E402
-from vit_jax import sharding, train  # noqa: E402
+
+
+def transformer():
+  config, _, data = transformer_throughput.paired_setup(64, 48)
+  return config, data
 
 
 def vit(variant, batch):
@@ -38,22 +42,10 @@ FAMILIES = {  # name: (what, () → (config, one batch))
     'vit_ti': ('ViT-Ti/16, batch 16, 224x224', lambda: vit('Ti/16', 16)),
     'vit_s': ('ViT-S/16, batch 8, 224x224', lambda: vit('S/16', 8)),
     'transformer': ("transformer_throughput.py's Transformer, batch 64, lengths 48",
-                    lambda: transformer_throughput.paired_setup(64, 48)[::2]),
+                    transformer),
     'detr': ("detr_throughput.py's DETR, batch 32, 128x128",
              lambda: conv_kernels.detection('detr', 32)),
 }
-
-
-def step(config, data, devices):
-  """A no-argument function running the train step on a mesh over `devices`."""
-  trainer = train.Trainer(config, devices=devices)
-  box = {'state': trainer.initial_state()}
-  batch = sharding.global_batch(data, trainer.mesh)
-
-  def run():
-    box['state'], metrics, _ = trainer.train_step(box['state'], batch, trainer.rng)
-    jax.block_until_ready(metrics)
-  return run
 
 
 def main():
@@ -71,8 +63,8 @@ def main():
   for family in args.only.split(','):
     what, make = FAMILIES[family]
     config, data = make()
-    times = alternate({'one': step(config, data, devices[:1]),
-                       'all': step(config, data, devices)}, args.rounds)
+    times = alternate({'one': our_train_step(config, data, devices[:1])[0],
+                       'all': our_train_step(config, data, devices)[0]}, args.rounds)
     pair_row(what, times['one'], times['all'])
 
 

@@ -5,7 +5,7 @@ among the same rounds), headed by the machine and the versions that made it.
   .venv/bin/python benchmarks/speed.py                        # all of them, ~10 min on 2 cores
   .venv/bin/python benchmarks/speed.py --only=vit_s,detr --rounds=7
   .venv/bin/python benchmarks/speed.py --jemalloc --out=benchmarks/results/throughput_jemalloc.md
-  .venv/bin/python benchmarks/speed.py --cpu_devices=2 --out=benchmarks/results/two_devices.md
+  .venv/bin/python benchmarks/speed.py --cpu_devices=2 --out=benchmarks/results/throughput_two_devices.md
 
 Each benchmark runs in a process of its own, so no thread pool or memory carries over from
 the one before; on one device (XLA_FLAGS cleared: no simulated devices), or with

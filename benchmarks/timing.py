@@ -74,9 +74,10 @@ def table(title, unit, rows, work):
           f'{rate} | {base / med:.2f}x |')
 
 
-def our_train_step(config, data):
-  """(a no-argument function running one of our jitted train steps on `data`, the trainer)."""
-  trainer = train.Trainer(config)
+def our_train_step(config, data, devices=None):
+  """(a no-argument function running one of our jitted train steps on `data`, the trainer),
+  on a mesh over `devices` (default: all)."""
+  trainer = train.Trainer(config, devices=devices)
   box = {'state': trainer.initial_state()}
   batch = sharding.global_batch(data, trainer.mesh)
 
