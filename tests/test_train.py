@@ -64,6 +64,31 @@ def test_resume_continues_exactly_and_restores_onto_another_device_count(tmp_pat
   jax.tree.map(np.testing.assert_array_equal, params_of(stopped), params_of(state))
 
 
+@pytest.mark.multi_device
+def test_a_replicated_state_saves_without_a_program_per_small_array(tmp_path):
+  """Orbax cuts each array held by several devices into a slice per device, one small
+  compiled program each; arrays under a MiB are written whole, and every array comes back."""
+  replicated = jax.sharding.NamedSharding(jax.make_mesh((8,), ('data',)),
+                                          jax.sharding.PartitionSpec())
+  state = {f'bias_{i}': jax.device_put(np.arange(8 * i + 8, dtype=np.float32), replicated)
+           for i in range(30)}
+  state['kernel'] = jax.device_put(np.ones((2048, 1024), np.float32), replicated)  # 8 MiB.
+  compiles = []
+  listener = lambda event, *_, **__: compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    checkpoints = checkpoint.Checkpointer(str(tmp_path), keep=1)
+    checkpoints.save(1, state)
+    checkpoints.wait()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # At most one per slice of the kernel (1 MiB each), none for the small arrays.
+  assert compiles.count('/jax/core/compile/backend_compile_duration') <= 8
+  restored = checkpoints.restore(1)
+  checkpoints.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+
+
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
   config = tiny(total_steps=2, eval_every=100)
   full, _ = train.train_and_evaluate(config, str(tmp_path / 'full'))
