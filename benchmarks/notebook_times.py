@@ -1,11 +1,12 @@
 """Each notebook's wall time on the quick setting (as tests/test_notebooks.py runs it: one
 device, the tests' XLA flags, a fresh compilation cache per run) with XLA's expensive
-optimisations off and on, alternating, per cell and in total.
+optimisations off, on, and LLVM's at level 1 without its expensive passes, alternating, per
+cell and in total.
 
   .venv/bin/python benchmarks/notebook_times.py                  # every notebook, 1 round
   .venv/bin/python benchmarks/notebook_times.py --notebooks=detr --rounds=3
 
-The tests keep the setting that is faster here: compiling a notebook's programs against
+The tests keep the setting that is faster here per notebook: compiling its programs against
 running its few hundred tiny steps.
 """
 import argparse
@@ -22,15 +23,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import cpu_name  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {'off': '1', 'on': '0'}  # XLA's expensive optimisations -> JAX_DISABLE_MOST_OPTIMIZATIONS.
+FLAGS = '--xla_force_host_platform_device_count=1 --xla_cpu_use_fusion_emitters=false'
+SETTINGS = {'off': {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'XLA_FLAGS': FLAGS},
+            'on': {'JAX_DISABLE_MOST_OPTIMIZATIONS': '0', 'XLA_FLAGS': FLAGS},
+            'level 1': {'JAX_DISABLE_MOST_OPTIMIZATIONS': '0', 'XLA_FLAGS': (
+                FLAGS + ' --xla_backend_optimization_level=1'
+                ' --xla_llvm_disable_expensive_passes=true')}}
 
 
-def run(name, disable):
+def run(name, env):
   """Seconds for the kernel's start and for each code cell, in a fresh kernel."""
+  os.environ.update(env)
   os.environ.update(
-      VIT_JAX_QUICK='1', JAX_DISABLE_MOST_OPTIMIZATIONS=disable,
-      XLA_FLAGS='--xla_force_host_platform_device_count=1 --xla_cpu_use_fusion_emitters=false',
-      VIT_JAX_WORKDIR=tempfile.mkdtemp(), JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(),
+      VIT_JAX_QUICK='1', VIT_JAX_WORKDIR=tempfile.mkdtemp(), JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   notebook = nbformat.read(os.path.join(ROOT, 'notebooks', f'{name}.ipynb'), as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=1200, kernel_name='python3', resources={
@@ -53,9 +58,9 @@ def main():
   parser.add_argument('--notebooks', default='detr,transformer,vit')
   parser.add_argument('--rounds', type=int, default=1)
   args = parser.parse_args()
-  print(f'{cpu_name()}; median of {args.rounds} round(s), optimisations off and on alternating\n')
-  print('| notebook | part | s, optimisations off | s, on | on / off |')
-  print('|---|---|---|---|---|')
+  print(f'{cpu_name()}; median of {args.rounds} round(s), the settings alternating\n')
+  print('| notebook | part | s, optimisations off | s, on | s, level 1 | on / off | level 1 / off |')
+  print('|---|---|---|---|---|---|---|')
   for name in args.notebooks.split(','):
     runs = {setting: [] for setting in SETTINGS}
     for round_ in range(args.rounds):
@@ -63,8 +68,9 @@ def main():
       for setting in order:
         runs[setting].append(run(name, SETTINGS[setting]))
     for part in runs['off'][0]:
-      off, on = (statistics.median(r[part] for r in runs[s]) for s in ('off', 'on'))
-      print(f'| {name} | {part} | {off:.1f} | {on:.1f} | {on / off:.2f} |', flush=True)
+      off, on, one = (statistics.median(r[part] for r in runs[s]) for s in SETTINGS)
+      print(f'| {name} | {part} | {off:.1f} | {on:.1f} | {one:.1f} | {on / off:.2f} | '
+            f'{one / off:.2f} |', flush=True)
 
 
 if __name__ == '__main__':

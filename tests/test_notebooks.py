@@ -28,8 +28,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
   # vit 86 s against 97 s on an AMD EPYC Zen 3: benchmarks/notebook_times.py). But LLVM's
   # level 0 leaves the ResNet teacher's step 12x slower than level 1 (207 against 16 ms at
   # batch 64), and vit.ipynb runs it 210 times: level 1, still without LLVM's expensive
-  # passes, ran vit.ipynb in 41 s against 59 (detr 30 against 23, transformer 23 against 26;
-  # Intel Xeon, family 6 model 167).
+  # passes, ran vit.ipynb in 59 s against 77 (detr 37 against 33, transformer 27 against 28;
+  # notebook_times.py on an Intel Xeon, family 6 model 167).
   if name in LEVEL_1:
     monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '0')
     monkeypatch.setenv('XLA_FLAGS', os.environ['XLA_FLAGS'] + ' --xla_backend_optimization_level=1'
