@@ -25,8 +25,8 @@ def tiny(arg='', **overrides):
 # Compiled without XLA's optimisations (as most tests are), jnp.max's gradient turned CBAM's
 # gradients NaN at step 3; layers/conv.py's max_over keeps them finite.
 # XLA's optimisations on: unoptimised (LLVM at level 0) the ResNet's step takes 12x as long
-# (207 against 16 ms at batch 64), which over 60 steps outweighs the slower compiles (21-22 s
-# against 23-24 s for this test, Intel Xeon family 6 model 167).
+# (207 against 16 ms at batch 64), which over 60 steps outweighs the slower compiles (this
+# test took 21.3 and 21.6 s against 24.1 and 22.9, alternating, Intel Xeon family 6 model 167).
 @pytest.mark.long
 def test_resnet_with_cbam_learns_digits_and_keeps_batch_statistics(tmp_path, optimized_xla):
   config = tiny('cbam', total_steps=60, eval_every=60, log_every=10,

@@ -43,7 +43,7 @@ def training_curves(metrics_path, png_path, columns=4):
     for split, points in sorted(panels[name].items()):
       steps, values = zip(*points)
       ax.plot(steps, values, marker='o' if len(steps) < 20 else None, markersize=3,
-              color=colours[split], label=split)
+              color=colours[split])
     ax.set_title(name, fontsize=9)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
