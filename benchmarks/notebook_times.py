@@ -33,10 +33,9 @@ SETTINGS = {'off': {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'XLA_FLAGS': FLAGS},
 
 def run(name, env):
   """Seconds for the kernel's start and for each code cell, in a fresh kernel."""
-  os.environ.update(env)
-  os.environ.update(
-      VIT_JAX_QUICK='1', VIT_JAX_WORKDIR=tempfile.mkdtemp(), JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  os.environ.update(env, VIT_JAX_QUICK='1', VIT_JAX_WORKDIR=tempfile.mkdtemp(),
+                    JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   notebook = nbformat.read(os.path.join(ROOT, 'notebooks', f'{name}.ipynb'), as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=1200, kernel_name='python3', resources={
       'metadata': {'path': os.path.join(ROOT, 'notebooks')}})
@@ -59,7 +58,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=1)
   args = parser.parse_args()
   print(f'{cpu_name()}; median of {args.rounds} round(s), the settings alternating\n')
-  print('| notebook | part | s, optimisations off | s, on | s, level 1 | on / off | level 1 / off |')
+  print('| notebook | part | s, optimisations off | s, on | s, level 1 | on / off | '
+        'level 1 / off |')
   print('|---|---|---|---|---|---|---|')
   for name in args.notebooks.split(','):
     runs = {setting: [] for setting in SETTINGS}

@@ -24,10 +24,11 @@ from vit_jax import errors
 from vit_jax import pretrained
 
 # Orbax writes an array held by several devices a slice per device ("replica-parallel"),
-# each slice cut by a small program of its own: 248 compiles for 31 small arrays on 8
-# devices (tests/test_train.py), seconds on a small model's first save. A slice under 1 MiB
-# saves nothing, so such arrays are written whole by one device; otherwise this is the
-# handler orbax registers by default.
+# each slice cut by a small program of its own: 248 compiles for 30 small arrays and one of
+# 2 MiB on 8 devices (tests/test_train.py's replicated-state test under orbax's default
+# handler), seconds on a small model's first save. A slice under 1 MiB saves nothing, so
+# such arrays are written whole by one device; otherwise this is the handler orbax
+# registers by default.
 REPLICA_PARALLEL_MIN_BYTES = 2**20
 type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
     jax.Array, ocp.type_handlers.ArrayHandler(
