@@ -27,6 +27,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vit_jax import compiling
 from vit_jax import errors
 from vit_jax import preemption
 
@@ -163,6 +164,7 @@ def main(argv):
     return
   workdir = f.workdir or default_workdir(config_name)
   init_distributed()
+  compiling.collect_garbage_less_often()
   try:
     run(f.config, workdir, f.mode)
   except preemption.Interrupted as e:

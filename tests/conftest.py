@@ -29,6 +29,10 @@ os.environ['TMPDIR'] = tempfile.mkdtemp(prefix='vit_jax_tests_')
 tempfile.tempdir = None
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
+from vit_jax import compiling  # noqa: E402
+
+compiling.collect_garbage_less_often()  # As main.py does: tracing's collections, less often.
+
 
 def pytest_collection_modifyitems(items):
   """Tests marked `long` first (stably; every xdist worker sorts alike): each worker takes a

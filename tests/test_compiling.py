@@ -40,3 +40,39 @@ def test_train_step_runs_convolutions_on_xla_kernels_to_the_default_values():
   assert float(results[0][1]['loss']) > 0
   assert_trees_close(jax.device_get(results[0]), jax.device_get(results[1]), atol=2e-5,
                      rtol=2e-5)
+
+
+def test_tracing_a_model_runs_the_collector_rarely_and_cycles_are_still_freed():
+  """conftest.py, like main.py, calls collect_garbage_less_often: a tiny ViT's train step
+  traces with at most a few young-generation collections where the defaults run dozens."""
+  import gc
+  import weakref
+  from helpers import tiny
+
+  def collections_while_tracing():
+    trainer = train.Trainer(tiny('vit'), devices=jax.devices()[:1])
+    state = jax.eval_shape(trainer._init, trainer.rng)
+    batch = jax.eval_shape(lambda: trainer.task.dummy_batch(8))
+    before = gc.get_stats()[0]['collections']
+    trainer._train_step.trace(state, batch, trainer.rng, None)
+    return gc.get_stats()[0]['collections'] - before
+
+  ours = gc.get_threshold()
+  assert ours == (50_000, 20, 20)
+  with_ours = collections_while_tracing()  # The first trace, so the costlier one.
+  try:
+    gc.set_threshold(700, 10, 10)  # CPython's defaults.
+    default = collections_while_tracing()
+  finally:
+    gc.set_threshold(*ours)
+  assert with_ours * 20 < default, (with_ours, default)
+
+  class Node:
+    pass
+
+  cycle = Node()
+  cycle.self = cycle
+  alive = weakref.ref(cycle)
+  del cycle
+  gc.collect(0)
+  assert alive() is None

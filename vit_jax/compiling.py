@@ -3,6 +3,8 @@ step run thousands of times; a program run once, initialisation above all (every
 drawn through unrolled threefry hashes: 30,000 instructions for DETR), spends more in LLVM's
 expensive passes than they save: DETR's initialisation compiles in 5.7 s instead of 11.2 s
 and runs in 171 ms instead of 33 ms (benchmarks/compile_once.py, AMD EPYC Zen 3)."""
+import gc
+
 import jax
 
 ONCE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
@@ -23,3 +25,12 @@ def step_options(mesh):
 def run_once(fn, *args, **jit_kwargs):
   """fn(*args), jitted (jit_kwargs: shardings) and compiled without the expensive passes."""
   return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=ONCE)(*args)
+
+
+def collect_garbage_less_often():
+  """CPython's cyclic collector every 50,000 allocations instead of 700, its older generations
+  every 20 collections of the younger instead of 10: tracing a model allocates millions of
+  short-lived objects, and the default collections took about a quarter of the tiny families'
+  tracing time (benchmarks/gc_tracing.py). Reference counting frees all but cycles at once,
+  as before."""
+  gc.set_threshold(50_000, 20, 20)
