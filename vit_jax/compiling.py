@@ -30,7 +30,7 @@ def run_once(fn, *args, **jit_kwargs):
 def collect_garbage_less_often():
   """CPython's cyclic collector every 50,000 allocations instead of 700, its older generations
   every 20 collections of the younger instead of 10: tracing a model allocates millions of
-  short-lived objects, and the default collections took about a quarter of the tiny families'
+  short-lived objects, and the default collections took about a third of the tiny families'
   tracing time (benchmarks/gc_tracing.py). Reference counting frees all but cycles at once,
   as before."""
   gc.set_threshold(50_000, 20, 20)
