@@ -3,8 +3,9 @@ it is marked `multi_device` (a mesh over eight costs each training test twice th
 two cores: 86 s against 35 s for the Bahdanau run; sharding is what the marked tests check),
 XLA's expensive optimisations off (the tests compile far more than they run: test_train.py and
 test_cnn_classification.py take 232 s instead of 374 s on an AMD EPYC Zen 3), one compilation
-cache per run, and a private temp dir (tfds leaves tmp*tfds folders behind). Subprocesses and
-notebook kernels inherit all of them."""
+cache per run, CPython's garbage collector run less often, and a private temp dir (tfds
+leaves tmp*tfds folders behind). Subprocesses and notebook kernels inherit all of them but the
+collector's (main.py sets that itself)."""
 import os
 import shutil
 import sys
