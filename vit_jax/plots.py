@@ -10,10 +10,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from vit_jax import metrics as metrics_lib  # noqa: E402
 
 
-def _save(fig, png_path, title=None):
+def _save(fig, png_path, title=None, fit=True):
+  """Saves and closes `fig`; `fit` lays it out with tight_layout first."""
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  if fit:
+    fig.tight_layout()
   fig.savefig(png_path, dpi=100)
   plt.close(fig)
   return png_path
@@ -57,9 +59,7 @@ def training_curves(metrics_path, png_path, columns=4):
                       bottom=inch(0.5), top=1 - inch(0.55), wspace=0.35, hspace=0.55)
   fig.legend([plt.Line2D([], [], color=colours[s]) for s in splits], splits,
              loc='upper center', ncol=len(splits), frameon=False, fontsize=9)
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
-  return png_path
+  return _save(fig, png_path, fit=False)
 
 
 def alignments(examples, png_path):
