@@ -1,5 +1,5 @@
-"""Our train step under glibc's malloc, glibc with transparent huge pages, and jemalloc, in
-alternating processes.
+"""Our train step under glibc's malloc, glibc with transparent huge pages, glibc keeping freed
+memory, and jemalloc, in alternating processes.
 
   .venv/bin/python benchmarks/allocator.py                   # ViT-Ti/16, batch 16
   .venv/bin/python benchmarks/allocator.py --variant=S/16 --batch=8 --rounds=3
@@ -9,11 +9,12 @@ XLA:CPU allocates a step's temporaries as one block (1 GiB for ViT-Ti/16 at batc
 serves a block that size with a fresh mmap and unmaps it when freed, so every step faults in
 its pages again and the kernel zeroes them. glibc's `glibc.malloc.hugetlb=1` tunable (glibc
 2.35+) asks the kernel for 2 MiB transparent huge pages on those blocks: 512 times fewer
-faults, the zeroing remains. jemalloc told to keep freed memory (MALLOC_CONF below) hands
-the same pages back. Both are chosen when a process starts (GLIBC_TUNABLES, LD_PRELOAD), so
+faults, the zeroing remains. glibc's tunables can also keep the block (GLIBC_KEEP below), and
+jemalloc told to keep freed memory (MALLOC_CONF below) hands the same pages back. All are
+chosen when a process starts (GLIBC_TUNABLES, LD_PRELOAD), so
 each setting runs in processes of its own, alternating. Each process times back-to-back steps
 after warm-up and reports the median step, the system CPU time and the page faults per step
-(getrusage). Huge pages need the kernel's transparent huge pages on ('always' or 'madvise'
+and its peak resident memory (getrusage). Huge pages need the kernel's transparent huge pages on ('always' or 'madvise'
 in /sys/kernel/mm/transparent_hugepage/enabled); jemalloc needs Debian's libjemalloc2
 (apt-get install libjemalloc2). A setting whose prerequisite is missing is left out.
 """
@@ -33,8 +34,13 @@ JEMALLOC = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2'
 KEEP = 'oversize_threshold:0,dirty_decay_ms:60000,muzzy_decay_ms:60000'
 THP = '/sys/kernel/mm/transparent_hugepage/enabled'
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+# One arena: glibc's other arenas mmap a block this size whatever mmap_max says; mmap_max=0
+# serves it from the main heap, and the trim threshold (1 TiB) keeps it there once freed.
+GLIBC_KEEP = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
+              'glibc.malloc.trim_threshold=1099511627776')
 SETTINGS = {'glibc malloc': {},
             'glibc malloc, transparent huge pages': {'GLIBC_TUNABLES': HUGE_PAGES},
+            'glibc malloc, one arena, freed memory kept': {'GLIBC_TUNABLES': GLIBC_KEEP},
             'jemalloc, freed memory kept': {'LD_PRELOAD': JEMALLOC, 'MALLOC_CONF': KEEP}}
 
 
@@ -42,7 +48,8 @@ def missing(env):
   """What this machine lacks for a setting ('' if nothing)."""
   if 'LD_PRELOAD' in env and not os.path.exists(JEMALLOC):
     return f'no {JEMALLOC}'
-  if 'GLIBC_TUNABLES' in env and (not os.path.exists(THP) or '[never]' in open(THP).read()):
+  if HUGE_PAGES in env.get('GLIBC_TUNABLES', '') and (not os.path.exists(THP)
+                                                       or '[never]' in open(THP).read()):
     return f'transparent huge pages off ({THP})'
   return ''
 
@@ -68,7 +75,7 @@ def our_step(family, variant, batch):
 
 
 def measure(family, variant, batch, steps):
-  """In this process: {'ms': median step, 'sys_ms', 'faults': per step}."""
+  """In this process: {'ms': median step, 'sys_ms', 'faults': per step, 'peak_mib'}."""
   step = our_step(family, variant, batch)
   for _ in range(3):
     step()
@@ -81,7 +88,8 @@ def measure(family, variant, batch, steps):
   after = resource.getrusage(resource.RUSAGE_SELF)
   return {'ms': 1e3 * statistics.median(times),
           'sys_ms': 1e3 * (after.ru_stime - before.ru_stime) / steps,
-          'faults': (after.ru_minflt - before.ru_minflt) / steps}
+          'faults': (after.ru_minflt - before.ru_minflt) / steps,
+          'peak_mib': after.ru_maxrss / 1024}
 
 
 def main():
@@ -110,14 +118,15 @@ def main():
   print(f'{what}, float32, our train step; {args.rounds} processes per setting, alternating, '
         f'{args.steps} timed steps each\n')
   print('| allocator | step ms (median of processes, min-max) | system CPU ms per step | '
-        'page faults per step | speed ratio |')
-  print('|---|---|---|---|---|')
+        'page faults per step | peak resident MiB | speed ratio |')
+  print('|---|---|---|---|---|---|')
   base = statistics.median(r['ms'] for r in results['glibc malloc'])
   for name, runs in results.items():
     ms = [r['ms'] for r in runs]
     print(f'| {name} | {statistics.median(ms):.0f} ({min(ms):.0f}-{max(ms):.0f}) | '
           f'{statistics.median(r["sys_ms"] for r in runs):.0f} | '
           f'{statistics.median(r["faults"] for r in runs):,.0f} | '
+          f'{statistics.median(r["peak_mib"] for r in runs):,.0f} | '
           f'{base / statistics.median(ms):.2f}x |')
   for name, env in SETTINGS.items():
     if missing(env):

@@ -140,6 +140,7 @@ def test_allocator_settings_name_what_the_machine_lacks(tmp_path, monkeypatch):
   assert missing == {
       'glibc malloc': '',
       'glibc malloc, transparent huge pages': f'transparent huge pages off ({thp})',
+      'glibc malloc, one arena, freed memory kept': '',
       'jemalloc, freed memory kept': f'no {tmp_path}/libjemalloc.so.2'}
   thp.write_text('always [madvise] never\n')
   (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
