@@ -9,6 +9,9 @@ from vit_jax import tasks
 from vit_jax import train
 from vit_jax.tasks import detection
 
+# Jitted: op by op, one set loss compiles about 250 small programs.
+set_criterion = jax.jit(detection.set_criterion, static_argnames=('num_classes', 'matcher'))
+
 
 def test_set_loss_equals_a_hand_computed_value():
   # One image, two queries, one real class; a second, padded target must change nothing.
@@ -22,7 +25,7 @@ def test_set_loss_equals_a_hand_computed_value():
   nll = math.log(1 + math.exp(-2))
   expected = nll + 5 * 0.05 + 2 * (1 - 0.6)
   for matcher in ('scipy', 'device'):
-    loss, m = detection.set_criterion({'logits': logits, 'boxes': pred}, targets,
+    loss, m = set_criterion({'logits': logits, 'boxes': pred}, targets,
                                       num_classes=1, matcher=matcher)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     np.testing.assert_allclose([m['loss_ce'], m['loss_bbox'], m['loss_giou']],
@@ -30,11 +33,11 @@ def test_set_loss_equals_a_hand_computed_value():
     assert m['class_error'] == 0 and m['cardinality_error'] == 0
   # Auxiliary losses: every decoder layer adds its own matched loss.
   two_layers = {'logits': np.concatenate([logits] * 2), 'boxes': np.concatenate([pred] * 2)}
-  loss, _ = detection.set_criterion(two_layers, targets, num_classes=1)
+  loss, _ = set_criterion(two_layers, targets, num_classes=1)
   np.testing.assert_allclose(loss, 2 * expected, rtol=1e-5)
   # No targets at all: only the no-object term, normalised by max(1, 0) boxes, finite.
   empty = dict(targets, valid=np.zeros((1, 2), bool))
-  loss, _ = detection.set_criterion({'logits': logits, 'boxes': pred}, empty, num_classes=1)
+  loss, _ = set_criterion({'logits': logits, 'boxes': pred}, empty, num_classes=1)
   np.testing.assert_allclose(loss, -np.mean(jax.nn.log_softmax(logits[0, 0])[:, 1]), rtol=1e-5)
 
 
@@ -48,9 +51,9 @@ def test_group_detr_loss_is_the_mean_of_each_groups_own_set_loss():
              'boxes': rng.uniform(0.2, 0.6, (2, 3, 4)).astype(np.float32),
              'valid': np.array([[True, True, False], [True, False, False]]),
              'image': np.zeros((2, 8, 8, 3))}  # Other batch keys are left alone.
-  loss, _ = detection.set_criterion(*detection.split_query_groups(outputs, targets, q),
+  loss, _ = set_criterion(*detection.split_query_groups(outputs, targets, q),
                                     num_classes=2, matcher='device')
-  each = [detection.set_criterion({k: v[:, :, g * q:(g + 1) * q] for k, v in outputs.items()},
+  each = [set_criterion({k: v[:, :, g * q:(g + 1) * q] for k, v in outputs.items()},
                                   targets, num_classes=2, matcher='device')[0]
           for g in range(groups)]
   np.testing.assert_allclose(loss, np.mean(each), rtol=1e-5)

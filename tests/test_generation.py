@@ -120,7 +120,10 @@ def test_the_adaptive_weight_uses_the_whole_models_last_layer_gradients(stage1_b
   the gradients of the two terms of the whole model with respect to that kernel."""
   task, params, batch, frozen = stage1_batch
   task.config.loss.update(disc_start=0, disc_weight=1.0)
-  _, terms = task.loss_fn(params, batch, None, frozen)
+  # Jitted afresh after each config change (the config is read when tracing): op by op the
+  # loss compiles ~200 small programs.
+  loss_terms = lambda p: jax.jit(lambda p: task.loss_fn(p, batch, None, frozen)[1])(p)
+  terms = loss_terms(params)
   x, stats = batch['image'], params['batch_stats']['discriminator']
 
   def term(kernel, which):
@@ -139,7 +142,7 @@ def test_the_adaptive_weight_uses_the_whole_models_last_layer_gradients(stage1_b
   assert float(terms['adaptive_weight']) == pytest.approx(expected, rel=1e-4)
   task.config.loss.disc_start = 10  # Before the start, no adversarial terms.
   params = dict(params, batch_stats=dict(params['batch_stats'], step=jnp.zeros(())))
-  _, terms = task.loss_fn(params, batch, None, frozen)
+  terms = loss_terms(params)
   assert float(terms['adaptive_weight']) == 0
 
 

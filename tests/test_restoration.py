@@ -164,14 +164,15 @@ def test_self_ensemble_averages_the_outputs_of_the_eight_symmetries_turned_back(
   config.self_ensemble = False
   task = tasks.get_task('restoration')(config, None)
   noisy = np.random.default_rng(0).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
-  params = task.init(jax.random.key(0), {'input_noise25': noisy})
+  params = jax.jit(task.init)(jax.random.key(0), {'input_noise25': noisy})
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
-  single = lambda v: task.restore(params, v, 0)[0]
+  # Jitted (op by op the model compiles ~150 small programs); the config is read when tracing.
+  single = jax.jit(lambda v: task.restore(params, v, 0)[0])
   expected = np.mean([restoration.dihedral(single(restoration.dihedral(noisy, k)), k,
                                            inverse=True) for k in range(8)], 0)
   plain = np.asarray(single(noisy))
   config.self_ensemble = True
-  ensembled = np.asarray(task.restore(params, noisy, 0)[0])
+  ensembled = np.asarray(jax.jit(lambda v: task.restore(params, v, 0)[0])(noisy))
   np.testing.assert_allclose(ensembled, expected, rtol=1e-5, atol=2e-5)
   assert np.abs(ensembled - plain).max() > 1e-3  # The model alone is not symmetric.
 

@@ -303,14 +303,16 @@ def test_group_detr_groups_do_not_see_each_other_and_inference_is_plain_detr():
   assert params['group_queries'].shape == (2, 5, 32)
   plain_params = {k: v for k, v in params.items() if k != 'group_queries'}
   plain = ours()
-  run = lambda model, p, train: model.apply({'params': p}, image, mask, train=train)[0]
-  training = run(grouped, params, True)
+  runner = lambda model, train: jax.jit(  # Op by op, a DETR compiles ~250 small programs.
+      lambda p: model.apply({'params': p}, image, mask, train=train)[0])
+  training = runner(grouped, True)(params)
   assert training['logits'].shape == (2, 2, 15, 4)  # [L, B, G·Q, C+1]
+  plain_training = runner(plain, True)
   for g, queries in enumerate([params['query_embed'], *params['group_queries']]):
-    alone = run(plain, dict(plain_params, query_embed=queries), True)
+    alone = plain_training(dict(plain_params, query_embed=queries))
     for k in ('logits', 'boxes'):
       np.testing.assert_allclose(training[k][:, :, 5 * g:5 * (g + 1)], alone[k], atol=1e-5)
-  inference, reference = run(grouped, params, False), run(plain, plain_params, False)
+  inference, reference = runner(grouped, False)(params), runner(plain, False)(plain_params)
   for k in ('logits', 'boxes'):
     np.testing.assert_allclose(inference[k], reference[k], atol=1e-6)
   with pytest.raises(Exception, match=r'model.query_groups=0; expected 1 \(plain DETR\)'):

@@ -82,11 +82,16 @@ def test_parity_with_hugging_face_detr_for_segmentation():
   assert np.abs(out.pred_masks.numpy()).std() > 0.1
   np.testing.assert_allclose(outputs['masks'], out.pred_masks.numpy(), atol=1e-4)
   np.testing.assert_allclose(outputs['logits'][-1], out.logits.numpy(), atol=1e-4)
-  t = detection.matched_terms(jax.tree.map(lambda x: x[-1:], {
-      k: outputs[k] for k in ('logits', 'boxes')}), targets, num_classes=3)
-  loss, _ = detection.set_loss(t)
-  focal, dice = panoptic.mask_losses(panoptic.matched(outputs['masks'], t['assign']),
-                                     targets['masks'], targets['valid'])
+
+  @jax.jit  # Op by op, these losses compile about 170 small programs.
+  def losses(outputs, targets):
+    t = detection.matched_terms(jax.tree.map(lambda x: x[-1:], {
+        k: outputs[k] for k in ('logits', 'boxes')}), targets, num_classes=3)
+    return (detection.set_loss(t)[0],
+            *panoptic.mask_losses(panoptic.matched(outputs['masks'], t['assign']),
+                                  targets['masks'], targets['valid']))
+
+  loss, focal, dice = losses(outputs, targets)
   num_boxes = targets['valid'].sum()
   np.testing.assert_allclose(focal / num_boxes, out.loss_dict['loss_mask'].item(), rtol=1e-4)
   np.testing.assert_allclose(dice / num_boxes, out.loss_dict['loss_dice'].item(), rtol=1e-4)
