@@ -1,6 +1,7 @@
-"""Exact GELU written with erf (the model's 'gelu') against jax.nn.gelu's erfc form, side by
-side: alone (forward + backward of one ViT-Ti/16 MLP activation, with PyTorch's as a yardstick)
-and inside the ViT train step.
+"""Exact GELU written with erf (the model's 'gelu', whose derivative is its own custom JVP), the
+same formula differentiated as written, and jax.nn.gelu's erfc form, side by side: alone
+(forward + backward of one ViT-Ti/16 MLP activation, with PyTorch's as a yardstick) and inside
+the ViT train step, with the step's temporary memory (XLA's memory analysis).
 
   XLA_FLAGS= .venv/bin/python benchmarks/activations.py                  # ViT-Ti/16, batch 16
   XLA_FLAGS= .venv/bin/python benchmarks/activations.py --variant=S/16 --batch=8
@@ -23,6 +24,7 @@ from vit_jax.layers import transformer  # noqa: E402
 from vit_jax.models import vit  # noqa: E402
 
 FORMS = {'erf (the model\'s gelu)': transformer.gelu,
+         'erf, differentiated as written': lambda x: 0.5 * x * (1 + jax.lax.erf(x * 0.5**0.5)),
          'erfc (jax.nn.gelu, approximate=False)': lambda x: jax.nn.gelu(x, approximate=False)}
 
 
@@ -45,6 +47,7 @@ def in_step(variant, batch, form):
   try:
     step = vit_throughput.ours(variant, 224, batch, 1000)
     step()  # Traces with this form, before the next one replaces it.
+    step.temporaries = step.temporaries()
   finally:
     transformer.ACTIVATIONS['gelu'] = saved
   return step
@@ -63,9 +66,13 @@ def main():
   print(f'{cpu_name()}; float32, {jax.device_count()} device')
   table(f'GELU forward + backward alone, [{x.shape[0]}, {width}]', '',
         [(f, times[f]) for f in (*FORMS, 'PyTorch gelu')], 0)
-  times = alternate({f: in_step(args.variant, args.batch, f) for f in FORMS}, args.rounds)
+  steps = {f: in_step(args.variant, args.batch, f) for f in FORMS}
+  times = alternate(steps, args.rounds)
   table(f'ViT-{args.variant} train step, batch {args.batch}, 224x224', 'images/s',
         [(f, times[f]) for f in FORMS], args.batch)
+  print('\n| GELU | train step\'s temporaries, MiB |\n|---|---|')
+  for f, step in steps.items():
+    print(f'| {f} | {step.temporaries / 2**20:.0f} |')
 
 
 if __name__ == '__main__':

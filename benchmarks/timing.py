@@ -85,9 +85,10 @@ def our_train_step(config, data, devices=None):
     box['state'], metrics, _ = trainer.train_step(box['state'], batch, trainer.rng)
     jax.block_until_ready(metrics)
 
+  compiled = lambda: trainer.lower_train_step(box['state'], batch, trainer.rng).compile()
   # XLA's count for one step: per device, each running its share of the batch.
-  step.flops = lambda: trainer.mesh.devices.size * trainer.lower_train_step(
-      box['state'], batch, trainer.rng).compile().cost_analysis()['flops']
+  step.flops = lambda: trainer.mesh.devices.size * compiled().cost_analysis()['flops']
+  step.temporaries = lambda: compiled().memory_analysis().temp_size_in_bytes  # Per device.
   return step, trainer
 
 

@@ -83,3 +83,22 @@ def test_gelu_is_pytorchs_exact_gelu():
   ours, vjp = jax.vjp(transformer.ACTIVATIONS['gelu'], jnp.asarray(x))
   np.testing.assert_allclose(ours, y.detach().numpy(), rtol=0, atol=2e-6)
   np.testing.assert_allclose(vjp(jnp.ones_like(ours))[0], dy.numpy(), rtol=0, atol=2e-6)
+  _, forward_mode = jax.jvp(transformer.gelu, (jnp.asarray(x),), (jnp.ones_like(ours),))
+  np.testing.assert_allclose(forward_mode, dy.numpy(), rtol=0, atol=2e-6)
+
+
+def test_gelus_gradient_keeps_no_activation_sized_erf(monkeypatch):
+  """The backward pass recomputes Φ(x) from x (the custom JVP) where GELU differentiated as
+  written keeps erf(x/√2) from the forward pass: one [tokens, mlp_dim] buffer less."""
+  monkeypatch.setitem(transformer.ACTIVATIONS, 'as_written',
+                      lambda x: 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5))))
+  x = jnp.ones((4, 64, 32))
+
+  def temporaries(activation):
+    mlp = transformer.MlpBlock(transformer.BlockConfig(num_heads=2, mlp_dim=128,
+                                                       activation=activation))
+    params = mlp.init(jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(mlp.apply(p, x) ** 2)))
+    return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  assert temporaries('gelu') <= temporaries('as_written') - 4 * 64 * 128 * 4
