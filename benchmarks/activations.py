@@ -47,7 +47,7 @@ def in_step(variant, batch, form):
   try:
     step = vit_throughput.ours(variant, 224, batch, 1000)
     step()  # Traces with this form, before the next one replaces it.
-    step.temporaries = step.temporaries()
+    step.temporaries = step.temporaries()  # Compiled while this form is in place.
   finally:
     transformer.ACTIVATIONS['gelu'] = saved
   return step

@@ -11,12 +11,12 @@ its pages again and the kernel zeroes them. glibc's `glibc.malloc.hugetlb=1` tun
 2.35+) asks the kernel for 2 MiB transparent huge pages on those blocks: 512 times fewer
 faults, the zeroing remains. glibc's tunables can also keep the block (GLIBC_KEEP below), and
 jemalloc told to keep freed memory (MALLOC_CONF below) hands the same pages back. All are
-chosen when a process starts (GLIBC_TUNABLES, LD_PRELOAD), so
-each setting runs in processes of its own, alternating. Each process times back-to-back steps
-after warm-up and reports the median step, the system CPU time and the page faults per step
-and its peak resident memory (getrusage). Huge pages need the kernel's transparent huge pages on ('always' or 'madvise'
-in /sys/kernel/mm/transparent_hugepage/enabled); jemalloc needs Debian's libjemalloc2
-(apt-get install libjemalloc2). A setting whose prerequisite is missing is left out.
+chosen when a process starts (GLIBC_TUNABLES, LD_PRELOAD), so each setting runs in processes
+of its own, alternating. Each process times back-to-back steps after warm-up and reports the
+median step, the system CPU time and the page faults per step and its peak resident memory
+(getrusage). Huge pages need the kernel's transparent huge pages on ('always' or 'madvise' in
+/sys/kernel/mm/transparent_hugepage/enabled); jemalloc needs Debian's libjemalloc2 (apt-get
+install libjemalloc2). A setting whose prerequisite is missing is left out.
 """
 import argparse
 import json
