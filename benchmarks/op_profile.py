@@ -14,7 +14,8 @@ other elementwise work. Times are CPU milliseconds per step summed over the oper
 runs independent operations at once on several cores, so the sum exceeds the step's wall
 time, which is printed too. XLA's own matmuls and convolutions run on threads the trace does
 not see; the step's time with no traced operation running stands in for them. --top lists
-the costliest single operations of each setting.
+the costliest single operations of each setting, --groups the costliest groups of like ones
+(XLA names a fusion by what it computes: 50 'wrapped_broadcast' of one shape, say).
 
 --peer profiles Hugging Face's PyTorch ViT of the same size (benchmarks/vit_throughput.py's
 float32 step) under torch.profiler too, sorts its ATen operations (self time: the op's own
@@ -193,6 +194,8 @@ def main():
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--top', type=int, default=0)
+  parser.add_argument('--groups', type=int, default=0,
+                      help='list the costliest groups of like operations: one name, one result')
   parser.add_argument('--peer', action='store_true')
   parser.add_argument('--family', default='vit', choices=('vit',) + tuple(PAIRS))
   args = parser.parse_args()
@@ -231,6 +234,16 @@ def main():
     print('|---|---|---|---|')
     for ms, op, shape, k in results[name][1][:args.top]:
       print(f'| {ms:.1f} | {op} | {shape.split("{")[0]} | {k} |')
+  for name in results if args.groups else ():
+    print(f'\nCostliest groups of operations, {name}: the same name less its number, the same '
+          'result (CPU ms per step)\n')
+    print('| ms | operations | count | result | kind |')
+    print('|---|---|---|---|---|')
+    groups = collections.defaultdict(list)
+    for ms, op, shape, k in results[name][1]:
+      groups[re.sub(r'\.\d+$', '', op), shape.split('{')[0], k].append(ms)
+    for (op, shape, k), times in sorted(groups.items(), key=lambda g: -sum(g[1]))[:args.groups]:
+      print(f'| {sum(times):.1f} | {op} | {len(times)} | {shape} | {k} |')
 
 
 def our_step(config, data):

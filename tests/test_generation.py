@@ -120,9 +120,11 @@ def test_the_adaptive_weight_uses_the_whole_models_last_layer_gradients(stage1_b
   the gradients of the two terms of the whole model with respect to that kernel."""
   task, params, batch, frozen = stage1_batch
   task.config.loss.update(disc_start=0, disc_weight=1.0)
-  # Jitted afresh after each config change (the config is read when tracing): op by op the
-  # loss compiles ~200 small programs.
-  loss_terms = lambda p: jax.jit(lambda p: task.loss_fn(p, batch, None, frozen)[1])(p)
+
+  def loss_terms(params):
+    """Jitted afresh: the config is read when tracing (op by op, ~200 small programs)."""
+    return jax.jit(lambda p: task.loss_fn(p, batch, None, frozen)[1])(params)
+
   terms = loss_terms(params)
   x, stats = batch['image'], params['batch_stats']['discriminator']
 
